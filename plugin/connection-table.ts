@@ -1,0 +1,479 @@
+import {
+  AF_INET,
+  EXT_BYTES,
+  EXT_WORDS,
+  R_EXT,
+  R_FAMILY,
+  R_FLAGS,
+  R_L4PROTO,
+  R_NEXT,
+  R_ORIG_DST,
+  R_ORIG_SPORT,
+  R_ORIG_SRC,
+  R_SEQ,
+  R_VERSION_HI,
+  R_VERSION_LO,
+  R_ZONE,
+  R_ZONE_DIR,
+  RECORD_BYTES,
+  RECORD_WORDS,
+  RecordFlag,
+  X_PRESENT,
+} from './flow';
+import { FlowView } from './flow-view';
+
+/** The table has no free slot (or extension) left for a new entry. */
+export class TableFullError extends Error {
+  constructor(
+    readonly what: 'records' | 'extensions',
+    readonly capacity: number,
+  ) {
+    super(
+      `connection table is full (${capacity} ${what === 'records' ? 'entries' : 'extensions'}); ` +
+        'raise the table capacity; the entry was not stored',
+    );
+    this.name = 'TableFullError';
+  }
+}
+
+/** How big a table to make. */
+export interface TableSize {
+  /** Most entries (live plus tombstones) the table holds. */
+  capacity: number;
+  /** Most entries with an extension (labels, helper, NAT seqadj, master ...); default capacity / 4. */
+  extCapacity?: number;
+}
+
+// Header words (Int32 indices).
+const H_MAGIC = 0;
+const H_CAPACITY = 1;
+const H_EXT_CAPACITY = 2;
+const H_BUCKETS = 3;
+const H_HIGH_WATER = 4;
+const H_EXT_HIGH_WATER = 5;
+const H_LIVE = 6;
+const H_TOMBSTONES = 7;
+const H_VERSION_LO = 8;
+const H_VERSION_HI = 9;
+const H_FREE_HEAD = 10;
+const H_EXT_FREE_HEAD = 11;
+const H_WORDS = 16;
+const HEADER_BYTES = H_WORDS * 4;
+const MAGIC = 0x43544d54; // "CTMT"
+
+const NIL = 0xffffffff;
+const VERSION_LIMIT = 2 ** 48;
+
+/** Iteration modes of a Cursor. */
+export const enum Scan {
+  /** Live records with version <= to: the pre-copy snapshot at version `to`. */
+  Snapshot = 0,
+  /** Live records and tombstones with from < version <= to: what changed. */
+  Delta = 1,
+}
+
+/**
+ * Walks the table's slots without allocating. After next() returns true,
+ * `view` points at the slot; a reader that copies fields out should call
+ * stable() afterwards and re-read the slot if it returns false (a concurrent
+ * write landed meanwhile).
+ */
+export class Cursor {
+  readonly view: FlowView;
+  slot = -1;
+  private seq = 0;
+  private from = 0;
+  private to = 0;
+  private mode: Scan = Scan.Snapshot;
+
+  constructor(private readonly table: ConnectionTable) {
+    this.view = new FlowView(table.u8, table.u16, table.u32);
+  }
+
+  reset(mode: Scan, from: number, to: number): this {
+    this.mode = mode;
+    this.from = from;
+    this.to = to;
+    this.slot = -1;
+    return this;
+  }
+
+  next(): boolean {
+    const t = this.table;
+    const high = Atomics.load(t.header, H_HIGH_WATER);
+    const u32 = t.u32;
+    for (let s = this.slot + 1; s < high; s++) {
+      const rec = t.recordOffset(s);
+      const seq = t.waitStable(rec);
+      const flags = t.u8[rec + R_FLAGS];
+      const v = u32[(rec + R_VERSION_LO) >> 2] + t.u16[(rec + R_VERSION_HI) >> 1] * 0x1_0000_0000;
+      let take: boolean;
+      if (this.mode === Scan.Snapshot) take = (flags & RecordFlag.Live) !== 0 && v <= this.to;
+      else take = (flags & (RecordFlag.Live | RecordFlag.Tombstone)) !== 0 && v > this.from && v <= this.to;
+      if (!take) continue;
+      const ext = u32[(rec + R_EXT) >> 2];
+      this.slot = s;
+      this.seq = seq;
+      this.view.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1));
+      return true;
+    }
+    this.slot = high;
+    return false;
+  }
+
+  /** True if the slot has not changed since next() stopped on it. */
+  stable(): boolean {
+    return Atomics.load(this.table.u32, (this.view.rec + R_SEQ) >> 2) === this.seq;
+  }
+
+  /** Re-read the current slot after stable() said it changed; false if it no longer qualifies. */
+  retry(): boolean {
+    this.slot -= 1;
+    const at = this.slot;
+    const ok = this.next();
+    return ok && this.slot === at + 1;
+  }
+}
+
+/**
+ * The shared connection table: fixed-size flow records in one
+ * SharedArrayBuffer. Exactly one thread writes (the conntrack worker, or the
+ * importer on a destination); any thread may read through a Cursor, without
+ * copying and without locks: each record has a seqlock word.
+ *
+ * Every change stamps the record with the next table version (48 bits), so
+ * "what changed since version V" is a scan, and a destroyed entry stays as a
+ * tombstone until reclaim() says every session has shipped it.
+ *
+ * Layout: header | records | hash buckets | extensions. Free slots and free
+ * extensions are chained through themselves, so the table costs
+ * RECORD_BYTES + ~1 byte per entry, extensions only where used.
+ */
+export class ConnectionTable {
+  readonly sab: SharedArrayBuffer;
+  readonly header: Int32Array;
+  readonly u8: Uint8Array;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  readonly capacity: number;
+  readonly extCapacity: number;
+  private readonly buckets: Uint32Array;
+  private readonly bucketMask: number;
+  private readonly recordsBase: number;
+  private readonly extBase: number;
+  /** Scratch view for lookups (writer side). */
+  private readonly probe: FlowView;
+
+  /** Make a new, empty table. */
+  static create(size: TableSize): ConnectionTable {
+    const capacity = Math.max(1, Math.floor(size.capacity));
+    const extCapacity = Math.max(1, Math.floor(size.extCapacity ?? Math.ceil(capacity / 4)));
+    if (capacity >= NIL || extCapacity >= NIL) throw new RangeError('table capacity too large');
+    let buckets = 1;
+    while (buckets < capacity / 4) buckets <<= 1;
+    const bytes = HEADER_BYTES + capacity * RECORD_BYTES + buckets * 4 + extCapacity * EXT_BYTES;
+    const sab = new SharedArrayBuffer(bytes);
+    const header = new Int32Array(sab, 0, H_WORDS);
+    header[H_MAGIC] = MAGIC;
+    header[H_CAPACITY] = capacity;
+    header[H_EXT_CAPACITY] = extCapacity;
+    header[H_BUCKETS] = buckets;
+    header[H_FREE_HEAD] = -1;
+    header[H_EXT_FREE_HEAD] = -1;
+    const t = new ConnectionTable(sab);
+    t.buckets.fill(NIL);
+    return t;
+  }
+
+  /** Attach to a table another thread made (the SharedArrayBuffer was posted over). */
+  static attach(sab: SharedArrayBuffer): ConnectionTable {
+    return new ConnectionTable(sab);
+  }
+
+  private constructor(sab: SharedArrayBuffer) {
+    this.sab = sab;
+    this.header = new Int32Array(sab, 0, H_WORDS);
+    if (this.header[H_MAGIC] !== MAGIC) throw new Error('not a connection table');
+    this.capacity = this.header[H_CAPACITY];
+    this.extCapacity = this.header[H_EXT_CAPACITY];
+    const buckets = this.header[H_BUCKETS];
+    this.bucketMask = buckets - 1;
+    this.recordsBase = HEADER_BYTES;
+    const bucketsBase = HEADER_BYTES + this.capacity * RECORD_BYTES;
+    this.extBase = bucketsBase + buckets * 4;
+    this.u8 = new Uint8Array(sab);
+    this.u16 = new Uint16Array(sab, 0, sab.byteLength >> 1);
+    this.u32 = new Uint32Array(sab, 0, sab.byteLength >> 2);
+    this.buckets = new Uint32Array(sab, bucketsBase, buckets);
+    this.probe = new FlowView(this.u8, this.u16, this.u32);
+  }
+
+  /** Bytes of shared memory the table spans (pages are only resident once touched). */
+  get byteLength(): number {
+    return this.sab.byteLength;
+  }
+  /** Version of the last committed change. */
+  get version(): number {
+    return (Atomics.load(this.header, H_VERSION_LO) >>> 0) + (Atomics.load(this.header, H_VERSION_HI) >>> 0) * 0x1_0000_0000;
+  }
+  /** Live entries. */
+  get size(): number {
+    return Atomics.load(this.header, H_LIVE);
+  }
+  /** Tombstones waiting to be reclaimed. */
+  get tombstones(): number {
+    return Atomics.load(this.header, H_TOMBSTONES);
+  }
+
+  recordOffset(slot: number): number {
+    return this.recordsBase + slot * RECORD_BYTES;
+  }
+  extOffset(index: number): number {
+    return this.extBase + index * EXT_BYTES;
+  }
+
+  cursor(): Cursor {
+    return new Cursor(this);
+  }
+
+  /** Spin until the record's seqlock is even; returns that sequence. */
+  waitStable(rec: number): number {
+    const i = (rec + R_SEQ) >> 2;
+    let seq = Atomics.load(this.u32, i);
+    while (seq & 1) seq = Atomics.load(this.u32, i);
+    return seq;
+  }
+
+  // ---- writer side -------------------------------------------------------
+
+  /**
+   * Store an entry (insert, or overwrite the entry with the same original
+   * tuple and zone) and stamp it with a new version. `src` is a record in any
+   * buffer (a FlowRecord, a decoded frame); its extension is copied when it
+   * has parts. Returns the slot.
+   */
+  upsert(src: FlowView): number {
+    let slot = this.find(src);
+    if (slot < 0) slot = this.allocate(src);
+    const rec = this.recordOffset(slot);
+    const wasLive = (this.u8[rec + R_FLAGS] & RecordFlag.Live) !== 0;
+    const wasTomb = (this.u8[rec + R_FLAGS] & RecordFlag.Tombstone) !== 0;
+    const needExt = src.extPresent !== 0;
+    let ext = this.u32[(rec + R_EXT) >> 2];
+    if (needExt && ext === 0) ext = this.allocateExt() + 1;
+    const version = this.nextVersion();
+    const w = rec >> 2;
+    const seqI = (rec + R_SEQ) >> 2;
+    const seq = this.u32[seqI];
+    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    const next = this.u32[w + (R_NEXT >> 2)];
+    const s = src.rec >> 2;
+    // Words 1.. are the entry; 0 is the seqlock, and EXT/NEXT are ours.
+    for (let i = 1; i < RECORD_WORDS; i++) this.u32[w + i] = src.u32[s + i];
+    this.u32[w + (R_NEXT >> 2)] = next;
+    if (needExt) {
+      const xw = this.extOffset(ext - 1) >> 2;
+      const sx = src.ext >> 2;
+      for (let i = 0; i < EXT_WORDS; i++) this.u32[xw + i] = src.u32[sx + i];
+    } else if (ext !== 0) {
+      this.freeExt(ext - 1);
+      ext = 0;
+    }
+    this.u32[w + (R_EXT >> 2)] = ext;
+    this.u8[rec + R_FLAGS] = (this.u8[rec + R_FLAGS] & ~RecordFlag.Tombstone) | RecordFlag.Live;
+    this.stamp(rec, version);
+    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    if (!wasLive) Atomics.add(this.header, H_LIVE, 1);
+    if (wasTomb) Atomics.sub(this.header, H_TOMBSTONES, 1);
+    this.publish(version);
+    return slot;
+  }
+
+  /**
+   * Mark the entry with the same original tuple and zone as destroyed (a
+   * tombstone with a new version). Returns its slot, or -1 if the table never
+   * held it or it is already a tombstone.
+   */
+  remove(src: FlowView): number {
+    const slot = this.find(src);
+    if (slot < 0) return -1;
+    const rec = this.recordOffset(slot);
+    if ((this.u8[rec + R_FLAGS] & RecordFlag.Live) === 0) return -1;
+    const version = this.nextVersion();
+    const seqI = (rec + R_SEQ) >> 2;
+    const seq = this.u32[seqI];
+    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    this.u8[rec + R_FLAGS] = (this.u8[rec + R_FLAGS] & ~RecordFlag.Live) | RecordFlag.Tombstone;
+    this.stamp(rec, version);
+    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    Atomics.sub(this.header, H_LIVE, 1);
+    Atomics.add(this.header, H_TOMBSTONES, 1);
+    this.publish(version);
+    return slot;
+  }
+
+  /** Slot of the entry with src's original tuple and zone (live or tombstone), or -1. */
+  find(src: FlowView): number {
+    const h = this.hashKey(src.u8, src.u32, src.rec) & this.bucketMask;
+    let slot = this.buckets[h];
+    while (slot !== NIL) {
+      const rec = this.recordOffset(slot);
+      if (this.sameKey(src.u8, src.rec, rec)) return slot;
+      slot = this.u32[(rec + R_NEXT) >> 2];
+    }
+    return -1;
+  }
+
+  /**
+   * Free every tombstone whose version is <= `upTo` (all sessions that
+   * needed it have shipped it). Returns how many were freed.
+   */
+  reclaim(upTo: number): number {
+    const high = this.header[H_HIGH_WATER];
+    let freed = 0;
+    for (let s = 0; s < high; s++) {
+      const rec = this.recordOffset(s);
+      if ((this.u8[rec + R_FLAGS] & RecordFlag.Tombstone) === 0) continue;
+      this.probe.at(rec, -1);
+      if (this.probe.version > upTo) continue;
+      this.unlink(s);
+      const seqI = (rec + R_SEQ) >> 2;
+      const seq = this.u32[seqI];
+      Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+      const ext = this.u32[(rec + R_EXT) >> 2];
+      if (ext !== 0) this.freeExt(ext - 1);
+      this.u32[(rec + R_EXT) >> 2] = 0;
+      this.u8[rec + R_FLAGS] = 0;
+      this.u32[(rec + R_NEXT) >> 2] = this.header[H_FREE_HEAD] >>> 0;
+      Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+      this.header[H_FREE_HEAD] = s;
+      Atomics.sub(this.header, H_TOMBSTONES, 1);
+      freed++;
+    }
+    return freed;
+  }
+
+  /** Forget everything (every reader must be done with the table). */
+  clear(): void {
+    this.buckets.fill(NIL);
+    const end = this.recordOffset(this.header[H_HIGH_WATER]);
+    this.u32.fill(0, this.recordsBase >> 2, end >> 2);
+    Atomics.store(this.header, H_HIGH_WATER, 0);
+    this.header[H_EXT_HIGH_WATER] = 0;
+    this.header[H_FREE_HEAD] = -1;
+    this.header[H_EXT_FREE_HEAD] = -1;
+    Atomics.store(this.header, H_LIVE, 0);
+    Atomics.store(this.header, H_TOMBSTONES, 0);
+  }
+
+  private nextVersion(): number {
+    const v = this.version + 1;
+    if (v >= VERSION_LIMIT) throw new RangeError('connection table version space exhausted');
+    return v;
+  }
+
+  private stamp(rec: number, version: number): void {
+    this.u32[(rec + R_VERSION_LO) >> 2] = version >>> 0;
+    this.u16[(rec + R_VERSION_HI) >> 1] = Math.floor(version / 0x1_0000_0000);
+  }
+
+  private publish(version: number): void {
+    Atomics.store(this.header, H_VERSION_HI, Math.floor(version / 0x1_0000_0000));
+    Atomics.store(this.header, H_VERSION_LO, version | 0);
+  }
+
+  private allocate(src: FlowView): number {
+    let slot = this.header[H_FREE_HEAD];
+    if (slot >= 0) {
+      const rec = this.recordOffset(slot);
+      const next = this.u32[(rec + R_NEXT) >> 2];
+      this.header[H_FREE_HEAD] = next === NIL ? -1 : next;
+    } else {
+      slot = this.header[H_HIGH_WATER];
+      if (slot >= this.capacity) throw new TableFullError('records', this.capacity);
+    }
+    const rec = this.recordOffset(slot);
+    // The key fields must be in place before the slot joins its chain.
+    const w = rec >> 2;
+    const s = src.rec >> 2;
+    const seqI = (rec + R_SEQ) >> 2;
+    const seq = this.u32[seqI];
+    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    for (let i = 1; i < RECORD_WORDS; i++) this.u32[w + i] = src.u32[s + i];
+    this.u8[rec + R_FLAGS] = 0;
+    this.u32[w + (R_EXT >> 2)] = 0;
+    const h = this.hashKey(this.u8, this.u32, rec) & this.bucketMask;
+    this.u32[w + (R_NEXT >> 2)] = this.buckets[h];
+    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    this.buckets[h] = slot;
+    if (slot === this.header[H_HIGH_WATER]) Atomics.store(this.header, H_HIGH_WATER, slot + 1);
+    return slot;
+  }
+
+  private unlink(slot: number): void {
+    const rec = this.recordOffset(slot);
+    const h = this.hashKey(this.u8, this.u32, rec) & this.bucketMask;
+    let cur = this.buckets[h];
+    let prev = -1;
+    while (cur !== NIL) {
+      const crec = this.recordOffset(cur);
+      const next = this.u32[(crec + R_NEXT) >> 2];
+      if (cur === slot) {
+        if (prev < 0) this.buckets[h] = next;
+        else this.u32[(this.recordOffset(prev) + R_NEXT) >> 2] = next;
+        return;
+      }
+      prev = cur;
+      cur = next;
+    }
+  }
+
+  private allocateExt(): number {
+    let x = this.header[H_EXT_FREE_HEAD];
+    if (x >= 0) {
+      const next = this.u32[(this.extOffset(x) + X_PRESENT) >> 2];
+      this.header[H_EXT_FREE_HEAD] = next === NIL ? -1 : next;
+      return x;
+    }
+    x = this.header[H_EXT_HIGH_WATER];
+    if (x >= this.extCapacity) throw new TableFullError('extensions', this.extCapacity);
+    this.header[H_EXT_HIGH_WATER] = x + 1;
+    return x;
+  }
+
+  private freeExt(x: number): void {
+    const off = this.extOffset(x);
+    this.u32.fill(0, off >> 2, (off + EXT_BYTES) >> 2);
+    this.u32[(off + X_PRESENT) >> 2] = this.header[H_EXT_FREE_HEAD] >>> 0;
+    this.header[H_EXT_FREE_HEAD] = x;
+  }
+
+  /** Hash of family, protocol, original tuple and zone (the kernel's identity of an entry). */
+  private hashKey(u8: Uint8Array, u32: Uint32Array, rec: number): number {
+    let h = 0x811c9dc5 ^ (u8[rec + R_FAMILY] << 8) ^ u8[rec + R_L4PROTO];
+    const words = u8[rec + R_FAMILY] === AF_INET ? 1 : 4;
+    const src = (rec + R_ORIG_SRC) >> 2;
+    const dst = (rec + R_ORIG_DST) >> 2;
+    for (let i = 0; i < words; i++) {
+      h = Math.imul(h ^ u32[src + i], 0x01000193);
+      h = Math.imul(h ^ u32[dst + i], 0x01000193);
+    }
+    h = Math.imul(h ^ u32[(rec + R_ORIG_SPORT) >> 2], 0x01000193);
+    h = Math.imul(h ^ u8[rec + R_ZONE] ^ (u8[rec + R_ZONE + 1] << 8), 0x01000193);
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x2c1b3c6d);
+    h ^= h >>> 12;
+    return h >>> 0;
+  }
+
+  private sameKey(a8: Uint8Array, a: number, b: number): boolean {
+    const b8 = this.u8;
+    if (a8[a + R_FAMILY] !== b8[b + R_FAMILY] || a8[a + R_L4PROTO] !== b8[b + R_L4PROTO]) return false;
+    if (a8[a + R_ZONE] !== b8[b + R_ZONE] || a8[a + R_ZONE + 1] !== b8[b + R_ZONE + 1]) return false;
+    if (a8[a + R_ZONE_DIR] !== b8[b + R_ZONE_DIR]) return false;
+    // Original src, dst (32 bytes) and the two original ports (4 bytes).
+    for (let i = 0; i < 32; i++) if (a8[a + R_ORIG_SRC + i] !== b8[b + R_ORIG_SRC + i]) return false;
+    for (let i = 0; i < 4; i++) if (a8[a + R_ORIG_SPORT + i] !== b8[b + R_ORIG_SPORT + i]) return false;
+    return true;
+  }
+}

@@ -1,0 +1,56 @@
+import { ConnectionTable } from '../connection-table';
+import { FlowFilter } from '../flow-filter';
+
+/** What one write of many entries did, entry by entry. */
+export interface WriteReport {
+  created: number;
+  replaced: number;
+  deleted: number;
+  failures: WriteFailure[];
+}
+
+/** One entry the kernel refused. */
+export interface WriteFailure {
+  /** Table slot of the entry. */
+  slot: number;
+  /** errno name the kernel answered, e.g. EEXIST, EINVAL, ENOENT. */
+  code: string;
+  /** Why, in words an operator understands (e.g. "master entry missing"). */
+  reason: string;
+  /** The entry in short text form: "tcp 192.0.2.1:1000 -> 198.51.100.2:22 zone 0". */
+  flow: string;
+}
+
+export interface DumpStats {
+  /** Entries stored in the table. */
+  entries: number;
+  /** Entries the kernel sent that the userspace filter dropped. */
+  filtered: number;
+  /** Kernel dump filters used (family, mark, zone, status, tuple). */
+  kernelFilters: string[];
+}
+
+/** Which records of a table to write. */
+export interface WriteSelection {
+  table: ConnectionTable;
+  /** Up to which version (inclusive); default: the table's current version. */
+  upTo?: number;
+}
+
+/**
+ * The kernel's conntrack table of the current network namespace.
+ * Implemented over ctnetlink by adapters/conntrack.
+ */
+export interface ConntrackPort {
+  /** Read every entry that matches the filter into the table (the calling thread writes it). */
+  dump(filter: FlowFilter, into: ConnectionTable): Promise<DumpStats>;
+  /**
+   * Create every live record of the selection in the kernel; an entry with
+   * the same original tuple and zone is replaced. Masters go before the
+   * entries related to them. Each refusal is reported, never dropped.
+   */
+  create(selection: WriteSelection, onProgress?: (done: number, total: number) => void): Promise<WriteReport>;
+  /** Delete every live record of the selection from the kernel (absent ones count as failures with ENOENT). */
+  remove(selection: WriteSelection): Promise<WriteReport>;
+}
+export const ConntrackPort = Symbol('ConntrackPort');
