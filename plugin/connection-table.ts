@@ -145,9 +145,9 @@ export class Cursor {
  * "what changed since version V" is a scan, and a destroyed entry stays as a
  * tombstone until reclaim() says every session has shipped it.
  *
- * Layout: header | records | hash buckets | extensions. Free slots and free
- * extensions are chained through themselves, so the table costs
- * RECORD_BYTES + ~1 byte per entry, extensions only where used.
+ * Layout: header | hash buckets | records | extensions (a growable region).
+ * Free slots and free extensions are chained through themselves, so the
+ * table costs RECORD_BYTES + ~1 byte per entry, extensions only where used.
  */
 export class ConnectionTable {
   readonly sab: SharedArrayBuffer;
@@ -171,8 +171,10 @@ export class ConnectionTable {
     if (capacity >= NIL || extCapacity >= NIL) throw new RangeError('table capacity too large');
     let buckets = 1;
     while (buckets < capacity / 4) buckets <<= 1;
-    const bytes = HEADER_BYTES + capacity * RECORD_BYTES + buckets * 4 + extCapacity * EXT_BYTES;
-    const sab = new SharedArrayBuffer(bytes);
+    // Extensions are rare: the buffer grows into their region only as they are
+    // used, so an entry costs RECORD_BYTES plus ~1 byte of index until then.
+    const fixed = HEADER_BYTES + buckets * 4 + capacity * RECORD_BYTES;
+    const sab = new SharedArrayBuffer(fixed, { maxByteLength: fixed + extCapacity * EXT_BYTES });
     const header = new Int32Array(sab, 0, H_WORDS);
     header[H_MAGIC] = MAGIC;
     header[H_CAPACITY] = capacity;
@@ -198,17 +200,18 @@ export class ConnectionTable {
     this.extCapacity = this.header[H_EXT_CAPACITY];
     const buckets = this.header[H_BUCKETS];
     this.bucketMask = buckets - 1;
-    this.recordsBase = HEADER_BYTES;
-    const bucketsBase = HEADER_BYTES + this.capacity * RECORD_BYTES;
-    this.extBase = bucketsBase + buckets * 4;
+    const bucketsBase = HEADER_BYTES;
+    this.recordsBase = bucketsBase + buckets * 4;
+    this.extBase = this.recordsBase + this.capacity * RECORD_BYTES;
+    // Length-tracking views: they follow the buffer as the extension region grows.
     this.u8 = new Uint8Array(sab);
-    this.u16 = new Uint16Array(sab, 0, sab.byteLength >> 1);
-    this.u32 = new Uint32Array(sab, 0, sab.byteLength >> 2);
+    this.u16 = new Uint16Array(sab);
+    this.u32 = new Uint32Array(sab);
     this.buckets = new Uint32Array(sab, bucketsBase, buckets);
     this.probe = new FlowView(this.u8, this.u16, this.u32);
   }
 
-  /** Bytes of shared memory the table spans (pages are only resident once touched). */
+  /** Bytes of shared memory the table spans now: records, index and the extensions in use. */
   get byteLength(): number {
     return this.sab.byteLength;
   }
@@ -437,6 +440,12 @@ export class ConnectionTable {
     }
     x = this.header[H_EXT_HIGH_WATER];
     if (x >= this.extCapacity) throw new TableFullError('extensions', this.extCapacity);
+    const end = this.extOffset(x + 1);
+    if (end > this.sab.byteLength) {
+      // Grow by an eighth (at least 64 extensions) so growth stays rare.
+      const grown = Math.max(end, this.sab.byteLength + Math.max(64 * EXT_BYTES, (this.sab.byteLength - this.extBase) >> 3));
+      this.sab.grow(Math.min(this.extOffset(this.extCapacity), grown - ((grown - this.extBase) % EXT_BYTES)));
+    }
     this.header[H_EXT_HIGH_WATER] = x + 1;
     return x;
   }
