@@ -1,0 +1,43 @@
+import { AddressError, parseAddress } from '../../plugin/address';
+import { FlowFilter } from '../../plugin/flow-filter';
+import { UsageError } from './usage-error';
+
+/** Parse a u32 given in decimal or 0x-hex. */
+export function parseU32(text: string, what: string): number {
+  const t = text.trim();
+  const n = /^0x[0-9a-f]{1,8}$/i.test(t) ? parseInt(t, 16) : /^[0-9]{1,10}$/.test(t) ? Number(t) : NaN;
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new UsageError(`${what} must be a number from 0 to 4294967295 (decimal or 0x hex), not ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** `--mark VALUE[/MASK]`: mask defaults to all ones. */
+export function parseMark(text: string): { value: number; mask: number } {
+  const [v, m, extra] = text.split('/');
+  if (extra !== undefined) throw new UsageError(`--mark takes VALUE[/MASK], not ${JSON.stringify(text)}`);
+  const mask = m === undefined ? 0xffffffff : parseU32(m, '--mark mask');
+  const value = parseU32(v, '--mark value');
+  if ((value & mask) >>> 0 !== value) throw new UsageError(`--mark value 0x${value.toString(16)} has bits outside its mask 0x${mask.toString(16)}`);
+  return { value, mask };
+}
+
+/** `--zone N`: a conntrack zone, 0..65535. */
+export function parseZone(text: string): number {
+  if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) throw new UsageError(`--zone must be a number from 0 to 65535, not ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+/** Build a FlowFilter from repeated --address, --zone, --mark. */
+export function parseFilter(addresses: string[] | undefined, zone: string | undefined, mark: string | undefined): FlowFilter {
+  const filter: FlowFilter = { addresses: [] };
+  for (const a of addresses ?? []) {
+    try {
+      filter.addresses.push(parseAddress(a));
+    } catch (e) {
+      if (e instanceof AddressError) throw new UsageError(`--address: ${e.message}`);
+      throw e;
+    }
+  }
+  if (zone !== undefined) filter.zone = parseZone(zone);
+  if (mark !== undefined) filter.mark = parseMark(mark);
+  return filter;
+}

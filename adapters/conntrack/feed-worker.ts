@@ -1,0 +1,70 @@
+/**
+ * Feed worker: the worker_threads entry point of NetlinkFeed. It owns the
+ * ctnetlink socket and is the shared table's only writer; the main thread
+ * only reads the table.
+ *
+ * Protocol with the main thread (postMessage):
+ *   in:  { type: 'stats', id } | { type: 'stop' }
+ *   out: { type: 'ready', stats } | { type: 'stats', id, stats }
+ *        | { type: 'warning', message } | { type: 'stopped', stats }
+ *        | { type: 'failed', message }
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { ConnectionTable } from '../../plugin/connection-table';
+import { FlowFilter } from '../../plugin/flow-filter';
+import { CtnetlinkSocket } from './ctnetlink-socket';
+import { KernelVersion, planDump, runningKernel } from './dump-filter';
+import { CtGroup } from './netlink-message';
+import { TableFollower } from './table-follower';
+
+/** What the main thread hands the worker. */
+export interface FeedWorkerData {
+  sab: SharedArrayBuffer;
+  filter: FlowFilter;
+  follow: boolean;
+  recvBufferSize?: number;
+  receiveBytes?: number;
+  kernel?: KernelVersion;
+}
+
+/** Messages the main thread sends. */
+export type FeedCommand = { type: 'stats'; id: number } | { type: 'stop' };
+
+function run(data: FeedWorkerData): void {
+  const port = parentPort;
+  if (!port) return;
+  const table = ConnectionTable.attach(data.sab);
+  let sock: CtnetlinkSocket;
+  try {
+    sock = new CtnetlinkSocket({
+      // Join the groups before the first dump request: nothing is lost between the two.
+      groups: data.follow ? [CtGroup.New, CtGroup.Update, CtGroup.Destroy] : [],
+      recvBufferSize: data.recvBufferSize,
+      receiveBytes: data.receiveBytes,
+    });
+  } catch (err) {
+    port.postMessage({ type: 'failed', message: `cannot open a conntrack netlink socket: ${(err as Error).message}` });
+    return;
+  }
+  const follower = new TableFollower(sock, table, data.filter, planDump(data.filter, data.kernel ?? runningKernel()), (message) =>
+    port.postMessage({ type: 'warning', message }),
+  );
+  port.on('message', (cmd: FeedCommand) => {
+    if (cmd.type === 'stats') port.postMessage({ type: 'stats', id: cmd.id, stats: { ...follower.stats } });
+    else if (cmd.type === 'stop') {
+      follower.stop();
+      sock.close();
+      port.postMessage({ type: 'stopped', stats: { ...follower.stats } });
+      port.close();
+    }
+  });
+  follower.start().then(
+    (stats) => {
+      port.postMessage({ type: 'ready', stats });
+      if (!data.follow) sock.raw.unref();
+    },
+    (err: Error) => port.postMessage({ type: 'failed', message: `initial conntrack dump failed: ${err.message}` }),
+  );
+}
+
+run(workerData as FeedWorkerData);

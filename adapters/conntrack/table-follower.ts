@@ -1,0 +1,224 @@
+/**
+ * Table follower: keeps a ConnectionTable equal to the kernel's entries that
+ * match a filter — initial dump, then new/update/destroy events, and a
+ * re-dump with diff whenever the kernel dropped events.
+ *
+ * Operational catches (why it is built this way):
+ * - One socket carries both the dumps and the events. The kernel generates a
+ *   dump datagram only when we have read the previous one, so on one socket
+ *   every event lands in order with the dump data: a destroy that happens
+ *   after an entry was dumped is read after it, never before. (With two
+ *   sockets a destroy could be applied before the stale dump copy and the
+ *   entry would live on in the table.)
+ * - The socket joins the event groups before the first dump request, so no
+ *   change between the dump and the subscription is lost.
+ * - When the receive buffer is full the kernel drops events and the next
+ *   receive fails with ENOBUFS. Then nothing is known about what was lost:
+ *   we re-dump; entries the dump does not return (and no event touched
+ *   since) become tombstones, changed ones are upserted. Each such repair
+ *   is counted (overruns, repaired) and reported through warn().
+ * - This object is the table's only writer (it runs in the feed worker).
+ */
+import { ConnectionTable } from '../../plugin/connection-table';
+import { R_EXT, R_FLAGS, R_VERSION_HI, R_VERSION_LO, RecordFlag } from '../../plugin/flow';
+import { FlowFilter, flowMatches } from '../../plugin/flow-filter';
+import { FlowRecord, FlowView } from '../../plugin/flow-view';
+import { FeedStats } from '../../plugin/ports/connection-feed';
+import { NetlinkFormatError } from './attributes';
+import { CtnetlinkSocket } from './ctnetlink-socket';
+import { DumpPlan } from './dump-filter';
+import { DumpRunner } from './dump-runner';
+import { FlowDecoder } from './flow-decoder';
+import { mergeEvent, sameFlow } from './flow-merge';
+import { CtMsg, messageType } from './netlink-message';
+
+/** Keeps one table in step with the kernel through one socket. */
+export class TableFollower {
+  readonly stats: FeedStats = { dumped: 0, events: 0, overruns: 0, repaired: 0 };
+  private readonly decoder = new FlowDecoder();
+  private readonly rec = new FlowRecord();
+  private readonly merged = new FlowRecord();
+  private readonly stored: FlowView;
+  private readonly runner: DumpRunner;
+  private seen: Uint8Array | null = null;
+  private repairFrom = 0;
+  private initialFrom = 0;
+  private pendingRepair = false;
+  private waitTimer: NodeJS.Timeout | null = null;
+  private repairing = false;
+  private stopped = false;
+
+  constructor(
+    private readonly sock: CtnetlinkSocket,
+    private readonly table: ConnectionTable,
+    private readonly filter: FlowFilter,
+    private readonly plan: DumpPlan,
+    private readonly warn: (message: string) => void,
+  ) {
+    this.stored = new FlowView(table.u8, table.u16, table.u32);
+    this.runner = new DumpRunner(sock, (b, o, e) => this.initialEntry(b, o, e));
+    sock.handlers = {
+      reply: (b, o, e, s) => void this.runner.reply(b, o, e, s),
+      done: (s, e) => void this.runner.done(s, e),
+      ack: (s, e) => void this.runner.ack(s, e),
+      event: (b, o, e) => this.event(b, o, e),
+      overrun: () => this.overrun(),
+      drained: () => this.drained(),
+      failure: (err, fatal) => {
+        this.warn(`conntrack socket problem: ${err.message}`);
+        if (fatal) this.runner.abort(err);
+      },
+    };
+  }
+
+  /** Run the initial dump; resolves when its entries are in the table. */
+  async start(): Promise<FeedStats> {
+    this.initialFrom = this.table.version;
+    this.repairing = true;
+    try {
+      await this.runner.run(this.plan.requests);
+    } finally {
+      this.repairing = false;
+    }
+    return { ...this.stats };
+  }
+
+  /** Stop reacting (the owner closes the socket). */
+  stop(): void {
+    this.stopped = true;
+    if (this.waitTimer) clearTimeout(this.waitTimer);
+  }
+
+  private decode(buf: Buffer, off: number, end: number): boolean {
+    try {
+      this.decoder.decode(buf, off, end, this.rec);
+      return true;
+    } catch (err) {
+      if (err instanceof NetlinkFormatError) {
+        this.warn(err.message);
+        return false;
+      }
+      throw err;
+    }
+  }
+
+  /** Slot of the live table entry with rec's key, viewed by this.stored; -1 if none. */
+  private findLive(rec: FlowView): number {
+    const t = this.table;
+    const slot = t.find(rec);
+    if (slot < 0) return -1;
+    const r = t.recordOffset(slot);
+    if ((t.u8[r + R_FLAGS] & RecordFlag.Live) === 0) return -1;
+    const ext = t.u32[(r + R_EXT) >> 2];
+    this.stored.at(r, ext === 0 ? -1 : t.extOffset(ext - 1));
+    return slot;
+  }
+
+  private initialEntry(buf: Buffer, off: number, end: number): void {
+    if (!this.decode(buf, off, end)) return;
+    const rec = this.rec;
+    if (!flowMatches(this.filter, rec)) return;
+    const slot = this.table.find(rec);
+    if (slot < 0 || this.versionAt(slot) <= this.initialFrom) this.stats.dumped++;
+    this.table.upsert(rec);
+  }
+
+  private repairEntry(buf: Buffer, off: number, end: number): void {
+    if (!this.decode(buf, off, end)) return;
+    const rec = this.rec;
+    const slot = this.findLive(rec);
+    const seen = this.seen as Uint8Array;
+    if (!flowMatches(this.filter, rec)) {
+      if (slot >= 0) {
+        this.table.remove(rec);
+        this.stats.repaired++;
+      }
+      return;
+    }
+    if (slot >= 0) {
+      seen[slot] = 1;
+      if (sameFlow(this.stored, rec)) return;
+    }
+    seen[this.table.upsert(rec)] = 1;
+    this.stats.repaired++;
+  }
+
+  private event(buf: Buffer, off: number, end: number): void {
+    if (this.stopped || !this.decode(buf, off, end)) return;
+    const rec = this.rec;
+    this.stats.events++;
+    if ((messageType(buf, off) & 0xff) === CtMsg.Delete) {
+      this.table.remove(rec);
+      return;
+    }
+    const slot = this.findLive(rec);
+    const next = slot >= 0 ? mergeEvent(this.stored, rec, this.decoder.seen, this.merged) : rec;
+    if (flowMatches(this.filter, next)) {
+      const s = this.table.upsert(next);
+      if (this.seen !== null) this.seen[s] = 1;
+    } else if (slot >= 0) {
+      this.table.remove(next);
+    }
+  }
+
+  private overrun(): void {
+    if (this.stopped) return;
+    this.stats.overruns++;
+    this.warn(
+      `conntrack event socket overrun (ENOBUFS): the kernel dropped events; re-dumping to repair the table (overrun ${this.stats.overruns})`,
+    );
+    // Repair only once the queue has drained: until then the kernel may
+    // keep dropping events without telling us again.
+    this.pendingRepair = true;
+    this.watchQuiet(this.sock.received);
+  }
+
+  /** Fallback for a queue that emptied on the ENOBUFS itself: 100 ms without a datagram. */
+  private watchQuiet(seen: number): void {
+    if (this.waitTimer) clearTimeout(this.waitTimer);
+    this.waitTimer = setTimeout(() => {
+      this.waitTimer = null;
+      if (!this.pendingRepair || this.stopped) return;
+      if (this.sock.received === seen) this.drained();
+      else this.watchQuiet(this.sock.received);
+    }, 100);
+  }
+
+  private drained(): void {
+    if (this.pendingRepair && !this.repairing && !this.stopped) void this.repair();
+  }
+
+  /** Re-dump and diff: upsert what changed, tombstone what is gone. */
+  private async repair(): Promise<void> {
+    this.pendingRepair = false;
+    this.repairing = true;
+    const t = this.table;
+    this.seen ??= new Uint8Array(t.capacity);
+    this.seen.fill(0);
+    this.repairFrom = t.version;
+    this.runner.setSink((b, o, e) => this.repairEntry(b, o, e));
+    try {
+      await this.runner.run(this.plan.requests);
+      const seen = this.seen;
+      const cur = t.cursor().reset(0, 0, this.repairFrom);
+      while (cur.next()) {
+        if (seen[cur.slot] === 0) {
+          t.remove(cur.view);
+          this.stats.repaired++;
+        }
+      }
+    } catch (err) {
+      this.warn(`repair dump failed: ${(err as Error).message}; will retry on the next overrun`);
+    } finally {
+      this.seen = null;
+      this.repairing = false;
+      this.runner.setSink((b, o, e) => this.initialEntry(b, o, e));
+    }
+  }
+
+  private versionAt(slot: number): number {
+    const t = this.table;
+    const r = t.recordOffset(slot);
+    return t.u32[(r + R_VERSION_LO) >> 2] + t.u16[(r + R_VERSION_HI) >> 1] * 0x1_0000_0000;
+  }
+}
