@@ -7,7 +7,6 @@ import {
   R_FLAGS,
   R_L4PROTO,
   R_NEXT,
-  R_ORIG_DST,
   R_ORIG_SPORT,
   R_ORIG_SRC,
   R_SEQ,
@@ -62,6 +61,16 @@ const HEADER_BYTES = H_WORDS * 4;
 const MAGIC = 0x43544d54; // "CTMT"
 
 const NIL = 0xffffffff;
+
+/** One murmur3 round: fold a key word into the hash. */
+function mix(h: number, k: number): number {
+  k = Math.imul(k, 0xcc9e2d51);
+  k = (k << 15) | (k >>> 17);
+  k = Math.imul(k, 0x1b873593);
+  h ^= k;
+  h = (h << 13) | (h >>> 19);
+  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+}
 const VERSION_LIMIT = 2 ** 48;
 
 /** Iteration modes of a Cursor. */
@@ -145,9 +154,10 @@ export class Cursor {
  * "what changed since version V" is a scan, and a destroyed entry stays as a
  * tombstone until reclaim() says every session has shipped it.
  *
- * Layout: header | hash buckets | records | extensions (a growable region).
- * Free slots and free extensions are chained through themselves, so the
- * table costs RECORD_BYTES + ~1 byte per entry, extensions only where used.
+ * Layout: header | hash buckets | records | extensions. Free slots and free
+ * extensions are chained through themselves. Resident memory is
+ * RECORD_BYTES + ~1 byte of index per entry, plus EXT_BYTES for each entry
+ * that has an extension; reserved but untouched capacity costs nothing.
  */
 export class ConnectionTable {
   readonly sab: SharedArrayBuffer;
@@ -171,10 +181,11 @@ export class ConnectionTable {
     if (capacity >= NIL || extCapacity >= NIL) throw new RangeError('table capacity too large');
     let buckets = 1;
     while (buckets < capacity / 4) buckets <<= 1;
-    // Extensions are rare: the buffer grows into their region only as they are
-    // used, so an entry costs RECORD_BYTES plus ~1 byte of index until then.
-    const fixed = HEADER_BYTES + buckets * 4 + capacity * RECORD_BYTES;
-    const sab = new SharedArrayBuffer(fixed, { maxByteLength: fixed + extCapacity * EXT_BYTES });
+    // One fixed buffer: the kernel commits its pages only when they are first
+    // written, so unused capacity and unused extensions cost address space,
+    // not memory. (A growable SharedArrayBuffer would keep the reservation
+    // smaller, but V8 reads and writes length-tracking views ~6x slower.)
+    const sab = new SharedArrayBuffer(HEADER_BYTES + buckets * 4 + capacity * RECORD_BYTES + extCapacity * EXT_BYTES);
     const header = new Int32Array(sab, 0, H_WORDS);
     header[H_MAGIC] = MAGIC;
     header[H_CAPACITY] = capacity;
@@ -203,7 +214,6 @@ export class ConnectionTable {
     const bucketsBase = HEADER_BYTES;
     this.recordsBase = bucketsBase + buckets * 4;
     this.extBase = this.recordsBase + this.capacity * RECORD_BYTES;
-    // Length-tracking views: they follow the buffer as the extension region grows.
     this.u8 = new Uint8Array(sab);
     this.u16 = new Uint16Array(sab);
     this.u32 = new Uint32Array(sab);
@@ -211,9 +221,14 @@ export class ConnectionTable {
     this.probe = new FlowView(this.u8, this.u16, this.u32);
   }
 
-  /** Bytes of shared memory the table spans now: records, index and the extensions in use. */
+  /** Bytes of address space the table reserves (resident only where written). */
   get byteLength(): number {
     return this.sab.byteLength;
+  }
+  /** Bytes the table's entries occupy: records and index up to the high-water mark, extensions in use. */
+  get usedBytes(): number {
+    const slots = Atomics.load(this.header, H_HIGH_WATER);
+    return HEADER_BYTES + slots * RECORD_BYTES + Math.ceil((slots * (this.bucketMask + 1) * 4) / this.capacity) + this.header[H_EXT_HIGH_WATER] * EXT_BYTES;
   }
   /** Version of the last committed change. */
   get version(): number {
@@ -321,7 +336,7 @@ export class ConnectionTable {
     let slot = this.buckets[h];
     while (slot !== NIL) {
       const rec = this.recordOffset(slot);
-      if (this.sameKey(src.u8, src.rec, rec)) return slot;
+      if (this.sameKey(src.u8, src.u32, src.rec, rec)) return slot;
       slot = this.u32[(rec + R_NEXT) >> 2];
     }
     return -1;
@@ -440,12 +455,6 @@ export class ConnectionTable {
     }
     x = this.header[H_EXT_HIGH_WATER];
     if (x >= this.extCapacity) throw new TableFullError('extensions', this.extCapacity);
-    const end = this.extOffset(x + 1);
-    if (end > this.sab.byteLength) {
-      // Grow by an eighth (at least 64 extensions) so growth stays rare.
-      const grown = Math.max(end, this.sab.byteLength + Math.max(64 * EXT_BYTES, (this.sab.byteLength - this.extBase) >> 3));
-      this.sab.grow(Math.min(this.extOffset(this.extCapacity), grown - ((grown - this.extBase) % EXT_BYTES)));
-    }
     this.header[H_EXT_HIGH_WATER] = x + 1;
     return x;
   }
@@ -457,32 +466,39 @@ export class ConnectionTable {
     this.header[H_EXT_FREE_HEAD] = x;
   }
 
-  /** Hash of family, protocol, original tuple and zone (the kernel's identity of an entry). */
+  /**
+   * Hash of family, protocol, original tuple and zone (the kernel's identity
+   * of an entry): murmur3 over the key words. Lab and NAT addresses are
+   * sequential, so every bit of every word must reach the bucket index.
+   */
   private hashKey(u8: Uint8Array, u32: Uint32Array, rec: number): number {
-    let h = 0x811c9dc5 ^ (u8[rec + R_FAMILY] << 8) ^ u8[rec + R_L4PROTO];
-    const words = u8[rec + R_FAMILY] === AF_INET ? 1 : 4;
+    let h = mix(0x9747b28c, (u8[rec + R_FAMILY] << 8) | u8[rec + R_L4PROTO] | (u32[(rec + R_ZONE) >> 2] << 16));
     const src = (rec + R_ORIG_SRC) >> 2;
-    const dst = (rec + R_ORIG_DST) >> 2;
-    for (let i = 0; i < words; i++) {
-      h = Math.imul(h ^ u32[src + i], 0x01000193);
-      h = Math.imul(h ^ u32[dst + i], 0x01000193);
+    if (u8[rec + R_FAMILY] === AF_INET) {
+      h = mix(h, u32[src]);
+      h = mix(h, u32[src + 4]);
+    } else {
+      for (let i = 0; i < 8; i++) h = mix(h, u32[src + i]);
     }
-    h = Math.imul(h ^ u32[(rec + R_ORIG_SPORT) >> 2], 0x01000193);
-    h = Math.imul(h ^ u8[rec + R_ZONE] ^ (u8[rec + R_ZONE + 1] << 8), 0x01000193);
-    h ^= h >>> 15;
-    h = Math.imul(h, 0x2c1b3c6d);
-    h ^= h >>> 12;
+    h = mix(h, u32[(rec + R_ORIG_SPORT) >> 2]);
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
     return h >>> 0;
   }
 
-  private sameKey(a8: Uint8Array, a: number, b: number): boolean {
+  private sameKey(a8: Uint8Array, a32: Uint32Array, a: number, b: number): boolean {
     const b8 = this.u8;
     if (a8[a + R_FAMILY] !== b8[b + R_FAMILY] || a8[a + R_L4PROTO] !== b8[b + R_L4PROTO]) return false;
     if (a8[a + R_ZONE] !== b8[b + R_ZONE] || a8[a + R_ZONE + 1] !== b8[b + R_ZONE + 1]) return false;
     if (a8[a + R_ZONE_DIR] !== b8[b + R_ZONE_DIR]) return false;
-    // Original src, dst (32 bytes) and the two original ports (4 bytes).
-    for (let i = 0; i < 32; i++) if (a8[a + R_ORIG_SRC + i] !== b8[b + R_ORIG_SRC + i]) return false;
-    for (let i = 0; i < 4; i++) if (a8[a + R_ORIG_SPORT + i] !== b8[b + R_ORIG_SPORT + i]) return false;
-    return true;
+    // Original src and dst (8 words) and the two original ports (1 word).
+    const aw = (a + R_ORIG_SRC) >> 2;
+    const bw = (b + R_ORIG_SRC) >> 2;
+    const b32 = this.u32;
+    for (let i = 0; i < 8; i++) if (a32[aw + i] !== b32[bw + i]) return false;
+    return a32[(a + R_ORIG_SPORT) >> 2] === b32[(b + R_ORIG_SPORT) >> 2];
   }
 }

@@ -116,18 +116,28 @@ export class CtnetlinkSocket {
       sendBufferSize: options.sendBufferSize ?? DEFAULT_SOCKET_BUFFER,
     });
     for (const g of options.groups ?? []) this.raw.addMembership(g);
+    // An exception escaping into the package's native callback aborts the
+    // whole process, so nothing thrown by a handler may leave these listeners.
     this.raw.on('message', (msg) => {
-      this.countTurn(false);
-      this.receive(msg);
+      try {
+        this.countTurn(false);
+        this.receive(msg);
+      } catch (err) {
+        this.report(err);
+      }
     });
     this.raw.on('truncatedMessage', () => {
       // A datagram larger than our buffer lost its tail: treat like an overrun.
       this.handlers.overrun?.();
     });
     this.raw.on('error', (err) => {
-      this.countTurn(true);
-      if (errnoOf(err) === Errno.ENOBUFS) this.handlers.overrun?.();
-      else this.handlers.failure?.(err, false);
+      try {
+        this.countTurn(true);
+        if (errnoOf(err) === Errno.ENOBUFS) this.handlers.overrun?.();
+        else this.handlers.failure?.(err, false);
+      } catch (e) {
+        this.report(e);
+      }
     });
   }
 
@@ -158,6 +168,15 @@ export class CtnetlinkSocket {
       this.turnError = false;
       if (drained && !this.closed) this.handlers.drained?.();
     });
+  }
+
+  private report(err: unknown): void {
+    const e = err instanceof Error ? err : new Error(String(err));
+    try {
+      this.handlers.failure?.(e, false);
+    } catch {
+      // The failure handler itself failed: nothing more we can do safely.
+    }
   }
 
   /** Reserve `n` consecutive sequence numbers; returns the first. */

@@ -33,6 +33,11 @@ export type FeedCommand = { type: 'stats'; id: number } | { type: 'stop' };
 function run(data: FeedWorkerData): void {
   const port = parentPort;
   if (!port) return;
+  // A rejection escaping into the netlink package's native callback would
+  // abort the whole process; report it instead.
+  process.on('unhandledRejection', (reason) => {
+    port.postMessage({ type: 'warning', message: `conntrack feed: unexpected failure: ${String(reason)}` });
+  });
   const table = ConnectionTable.attach(data.sab);
   let sock: CtnetlinkSocket;
   try {

@@ -40,8 +40,7 @@ export const enum NlmFlag {
   DumpIntr = 0x10,
   /** The kernel applied a dump filter. */
   DumpFiltered = 0x20,
-  Root = 0x100,
-  Match = 0x200,
+  /** NLM_F_ROOT | NLM_F_MATCH on a GET: a dump. */
   Dump = 0x300,
   Replace = 0x100,
   /** With CREATE: fail with EEXIST instead of updating an existing entry. */
