@@ -13,7 +13,6 @@
  *   (the kernel doubles the value it grants). The package offers no
  *   SO_RCVBUFFORCE, so raise the sysctls to get more.
  */
-import { RawNetlinkSocket } from 'netlink';
 import { NetlinkFormatError } from './attributes';
 import {
   erroredSeq,
@@ -26,6 +25,7 @@ import {
   NFNL_SUBSYS_CTNETLINK,
   NlmsgType,
 } from './netlink-message';
+import { NetlinkSocket } from './netlink-socket';
 
 /** How to open a socket. */
 export interface CtnetlinkSocketOptions {
@@ -97,7 +97,7 @@ export function errnoOf(err: unknown): number {
  * start at 1 and never use 0, which marks events.
  */
 export class CtnetlinkSocket {
-  readonly raw: RawNetlinkSocket;
+  readonly raw: NetlinkSocket;
   handlers: CtnetlinkHandlers = {};
   private seq = 1;
   private closed = false;
@@ -106,21 +106,25 @@ export class CtnetlinkSocket {
   private turnCount = 0;
   private turnError = false;
   private turnScheduled = false;
+  private drainScheduled = false;
 
   constructor(options: CtnetlinkSocketOptions = {}) {
     const receiveBytes = options.receiveBytes ?? 65536;
-    this.raw = new RawNetlinkSocket(NETLINK_NETFILTER, {
-      messagePeeking: receiveBytes <= 0,
-      msgBufferSize: receiveBytes > 0 ? receiveBytes : undefined,
+    this.raw = new NetlinkSocket(NETLINK_NETFILTER, {
+      receiveBytes: Math.max(0, receiveBytes),
       recvBufferSize: options.recvBufferSize ?? DEFAULT_SOCKET_BUFFER,
       sendBufferSize: options.sendBufferSize ?? DEFAULT_SOCKET_BUFFER,
     });
     for (const g of options.groups ?? []) this.raw.addMembership(g);
     // An exception escaping into the package's native callback aborts the
     // whole process, so nothing thrown by a handler may leave these listeners.
-    this.raw.on('message', (msg) => {
+    this.raw.on('message', (msg: Buffer, drained?: boolean) => {
       try {
-        this.countTurn(false);
+        if (drained === undefined) this.countTurn(false);
+        else {
+          this.received++;
+          if (drained) this.scheduleDrained();
+        }
         this.receive(msg);
       } catch (err) {
         this.report(err);
@@ -130,7 +134,7 @@ export class CtnetlinkSocket {
       // A datagram larger than our buffer lost its tail: treat like an overrun.
       this.handlers.overrun?.();
     });
-    this.raw.on('error', (err) => {
+    this.raw.on('error', (err: Error) => {
       try {
         this.countTurn(true);
         if (errnoOf(err) === Errno.ENOBUFS) this.handlers.overrun?.();
@@ -170,6 +174,16 @@ export class CtnetlinkSocket {
     });
   }
 
+  /** The batch ended on an empty queue: tell the handler once the batch is processed. */
+  private scheduleDrained(): void {
+    if (this.drainScheduled) return;
+    this.drainScheduled = true;
+    setImmediate(() => {
+      this.drainScheduled = false;
+      if (!this.closed) this.handlers.drained?.();
+    });
+  }
+
   private report(err: unknown): void {
     const e = err instanceof Error ? err : new Error(String(err));
     try {
@@ -193,7 +207,7 @@ export class CtnetlinkSocket {
    * send itself go to failure().
    */
   send(buf: Buffer): void {
-    this.raw.send(buf, undefined, (err) => {
+    this.raw.send(buf, (err) => {
       if (err) this.handlers.failure?.(new CtnetlinkError(err.code, `netlink send failed: ${err.message}`), false);
     });
   }

@@ -12,6 +12,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ConnectionTable } from '../../plugin/connection-table';
 import { FlowFilter } from '../../plugin/flow-filter';
+import { bindingPatched } from './netlink-socket';
 import { CtnetlinkSocket } from './ctnetlink-socket';
 import { KernelVersion, planDump, runningKernel } from './dump-filter';
 import { CtGroup } from './netlink-message';
@@ -47,9 +48,15 @@ function run(data: FeedWorkerData): void {
       recvBufferSize: data.recvBufferSize,
       receiveBytes: data.receiveBytes,
     });
+    // Events come in bursts far larger than rmem_max allows (4 MiB here):
+    // as root, take the full requested buffer.
+    if (data.follow && data.recvBufferSize) sock.raw.forceRecvBufferSize(data.recvBufferSize);
   } catch (err) {
     port.postMessage({ type: 'failed', message: `cannot open a conntrack netlink socket: ${(err as Error).message}` });
     return;
+  }
+  if (data.follow && !bindingPatched()) {
+    port.postMessage({ type: 'warning', message: 'conntrack feed: the overrun-safe netlink binding was not built (npm run build); an event overrun may abort the process' });
   }
   const follower = new TableFollower(sock, table, data.filter, planDump(data.filter, data.kernel ?? runningKernel()), (message) =>
     port.postMessage({ type: 'warning', message }),
