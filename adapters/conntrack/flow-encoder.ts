@@ -187,8 +187,13 @@ export class FlowEncoder {
     const oDport = v.u16[(r + R_ORIG_DPORT) >> 1];
     const rSport = v.u16[(r + R_REPLY_SPORT) >> 1];
     const rDport = v.u16[(r + R_REPLY_DPORT) >> 1];
-    const snat = !sameBytes(u8, r + R_REPLY_DST, r + R_ORIG_SRC, alen) || (ports && rDport !== oSport) || (icmp && rSport !== oSport);
-    const dnat = !sameBytes(u8, r + R_REPLY_SRC, r + R_ORIG_DST, alen) || (ports && rSport !== oDport);
+    // A reply tuple that differs without the NAT status bits was given
+    // explicitly (conntrack -I -r/-q): it is sent as it is, not as NAT.
+    const status = v.u32[(r + R_STATUS) >> 2];
+    const snat =
+      (status & Status.SrcNat) !== 0 &&
+      (!sameBytes(u8, r + R_REPLY_DST, r + R_ORIG_SRC, alen) || (ports && rDport !== oSport) || (icmp && rSport !== oSport));
+    const dnat = (status & Status.DstNat) !== 0 && (!sameBytes(u8, r + R_REPLY_SRC, r + R_ORIG_DST, alen) || (ports && rSport !== oDport));
 
     const start = off;
     let p = beginMessage(buf, off, ctMsgType(CtMsg.New), flags, seq, family);
