@@ -97,9 +97,20 @@ export class BulkWriter {
   /** Create (or replace) the entries in `slots`, in order; fills `report`. */
   async create(slots: ArrayLike<number>, report: WriteReport, onBatch?: (done: number) => void): Promise<void> {
     const again: number[] = [];
+    this.undo = [];
     await this.pass(Array.from(slots), Op.Create, report, again, onBatch);
     if (again.length > 0) await this.pass(again, Op.Recreate, report, []);
+    // An entry the kernel created without its labels is not the entry we
+    // were given: take it out again rather than leave it half-applied.
+    if (this.undo.length > 0) {
+      const undo = this.undo;
+      this.undo = [];
+      await this.pass(undo, Op.Delete, { created: 0, replaced: 0, deleted: 0, failures: [] }, []);
+    }
   }
+
+  /** Entries created whose labels the kernel refused; deleted after the create passes. */
+  private undo: number[] = [];
 
   /** Delete the entries in `slots`; absent ones are failures with ENOENT. */
   async remove(slots: ArrayLike<number>, report: WriteReport): Promise<void> {
@@ -226,25 +237,36 @@ export class BulkWriter {
     const errnos = b.errnos;
     const slotOf = b.slotOf;
     let createFailed = false;
+    let counted: Op | null = null;
     let entries = 0;
     for (let i = 0; i < b.count; i++) {
       const k = kind[i];
       const e = errnos[i];
       if (k === Op.ReplaceDelete) continue;
       if (k === Op.Labels) {
-        if (e !== 0 && !createFailed) report.failures.push(writeFailure(WriteStep.Labels, e, slotOf[i], this.at(slotOf[i])));
+        if (e !== 0 && !createFailed) {
+          report.failures.push(writeFailure(WriteStep.Labels, e, slotOf[i], this.at(slotOf[i])));
+          if (counted === Op.Create) report.created--;
+          else if (counted === Op.Recreate) report.replaced--;
+          this.undo.push(slotOf[i]);
+        }
         continue;
       }
       entries++;
+      counted = null;
       createFailed = e !== 0;
       const step = k === Op.Delete ? WriteStep.Delete : WriteStep.Create;
       if (e === 0) {
         if (b.uncertain) {
           report.failures.push(writeFailure(step, Errno.ENOBUFS, slotOf[i], this.at(slotOf[i])));
           createFailed = true;
-        } else if (k === Op.Create) report.created++;
-        else if (k === Op.Recreate) report.replaced++;
-        else report.deleted++;
+        } else if (k === Op.Create) {
+          report.created++;
+          counted = Op.Create;
+        } else if (k === Op.Recreate) {
+          report.replaced++;
+          counted = Op.Recreate;
+        } else report.deleted++;
       } else if (k === Op.Create && (e === Errno.EEXIST || e === Errno.EAGAIN)) {
         again.push(slotOf[i]);
       } else {

@@ -52,7 +52,7 @@ export function failureReason(step: WriteStep, errno: number, v: FlowView): stri
     }
     case Errno.ENOSPC:
       if (step === WriteStep.Labels)
-        return 'labels not kept: this namespace has no connection label storage (no rule uses ct labels); the entry was created without them';
+        return 'labels cannot be set: this namespace has no connection label storage (no rule uses ct labels); the entry was not kept';
       return 'hash chain too long in the kernel table; entry not created';
     case Errno.ENOMEM:
       return 'conntrack table full (net.netfilter.nf_conntrack_max) or kernel out of memory; entry not created';
