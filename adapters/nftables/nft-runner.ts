@@ -75,36 +75,36 @@ export function nftProcess(options: NftProcessOptions = {}): NftRunner {
 
 function spawnNft(argv: readonly string[], input: FileHandle | undefined, timeoutMs: number): Promise<NftResult> {
   return new Promise((resolve) => {
-      const [file, ...rest] = argv;
-      const stdio: StdioOptions = [input === undefined ? 'ignore' : input.fd, 'pipe', 'pipe'];
-      const child = spawn(file as string, rest, { stdio });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      let failure: NftResult['failure'];
-      let done = false;
-      // A spawn failure emits 'error' and may still emit 'close': answer once.
-      const finish = (code: number | null): void => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        resolve({
-          stdout: Buffer.concat(out).toString('utf8'),
-          stderr: Buffer.concat(err).toString('utf8'),
-          code: failure === undefined ? code : null,
-          ...(failure === undefined ? {} : { failure }),
-        });
-      };
-      const timer = setTimeout(() => {
-        failure = 'timeout';
-        child.kill('SIGKILL');
-      }, timeoutMs);
-      child.stdout?.on('data', (b: Buffer) => out.push(b));
-      child.stderr?.on('data', (b: Buffer) => err.push(b));
-      child.on('error', (e) => {
-        failure ??= 'spawn';
-        err.push(Buffer.from(e.message));
-        finish(null);
+    const [file, ...rest] = argv;
+    const stdio: StdioOptions = [input === undefined ? 'ignore' : input.fd, 'pipe', 'pipe'];
+    const child = spawn(file as string, rest, { stdio });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let failure: NftResult['failure'];
+    let done = false;
+    // A spawn failure emits 'error' and may still emit 'close': answer once.
+    const finish = (code: number | null): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve({
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        code: failure === undefined ? code : null,
+        ...(failure === undefined ? {} : { failure }),
       });
-      child.on('close', (code) => finish(code));
+    };
+    const timer = setTimeout(() => {
+      failure = 'timeout';
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.stdout?.on('data', (b: Buffer) => out.push(b));
+    child.stderr?.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) => {
+      failure ??= 'spawn';
+      err.push(Buffer.from(e.message));
+      finish(null);
+    });
+    child.on('close', (code) => finish(code));
   });
 }

@@ -24,6 +24,8 @@ const PROBE = `const [h,l]=process.argv.slice(1);const o={host:h,port:${TCP_PORT
 const s=require('net').connect(o,()=>process.exit(0));s.on('timeout',()=>process.exit(1));s.on('error',()=>process.exit(1));`;
 // UDP receiver: prints one line per datagram.
 const UDP_SINK = `const s=require('dgram').createSocket('udp4');s.on('message',()=>console.log('got'));s.bind(${UDP_PORT},process.argv[1],()=>console.log('ready'));`;
+// One datagram from source port 5555 to HOST.
+const UDP_ONCE = `const s=require('dgram').createSocket('udp4');s.bind(5555,()=>s.send('x',${UDP_PORT},process.argv[1],()=>s.close()));`;
 // UDP sender: one datagram per millisecond to HOST until killed.
 const UDP_FLOOD = `const s=require('dgram').createSocket('udp4');const b=Buffer.from('x');setInterval(()=>s.send(b,${UDP_PORT},process.argv[1]),1);console.log('ready');`;
 
@@ -147,7 +149,7 @@ describe('nftables blocker in network namespaces', function () {
       assert.equal(await foreignListing(), foreign);
     });
 
-    it('drops before conntrack: the router keeps no entry for the blocked VM\'s flows', async () => {
+    it('leaves no conntrack entry on the router for the blocked VM\'s attempts', async () => {
       await router.execOk('conntrack', ['-F']);
       await probe({ ...cases(), ...others() });
       const listed = async (addr: string): Promise<string> => {
@@ -157,6 +159,19 @@ describe('nftables blocker in network namespaces', function () {
       assert.equal(await listed(vm4), '');
       assert.equal(await listed(vm6), '');
       assert.notEqual(await listed(other4), '', 'conntrack does track here (the unblocked host has entries)');
+    });
+
+    it('drops before conntrack looks the packet up: an imported entry is not refreshed by the VM\'s packets', async () => {
+      // An entry as an import would create it, with a timeout far above UDP's 30 s for unreplied flows:
+      // a packet that reached conntrack would reset it to 30 s.
+      const tuple = ['-p', 'udp', '-s', client4, '-d', vm4, '--sport', '5555', '--dport', String(UDP_PORT)];
+      await router.execOk('conntrack', ['-I', ...tuple, '-t', '600']);
+      await client.execOk(process.execPath, ['-e', UDP_ONCE, vm4]);
+      const r = await router.execOk('conntrack', ['-L', ...tuple]);
+      const timeout = Number(/^udp\s+\d+\s+(\d+)/m.exec(r.stdout)?.[1]);
+      assert.ok(timeout > 500, `entry refreshed to ${timeout} s: conntrack saw a dropped packet\n${r.stdout}`);
+      assert.ok((await dropCount(router, 'inet')) > 0);
+      await router.execOk('conntrack', ['-D', ...tuple]);
     });
 
     it('never opens a gap while another VM\'s drop is added and lifted (atomic table replacement)', async () => {
