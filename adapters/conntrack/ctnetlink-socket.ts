@@ -25,7 +25,8 @@ import {
   NFNL_SUBSYS_CTNETLINK,
   NlmsgType,
 } from './netlink-message';
-import { NetlinkSocket } from './netlink-socket';
+import { NetlinkSocket, RawNetlinkSocket } from './netlink-socket';
+import { ThreadedNetlinkSocket } from './threaded-netlink-socket';
 
 /** How to open a socket. */
 export interface CtnetlinkSocketOptions {
@@ -42,6 +43,13 @@ export interface CtnetlinkSocketOptions {
    * a 64 KiB buffer measured fastest. Default 65536.
    */
   receiveBytes?: number;
+  /** Ask for recvBufferSize past net.core.rmem_max (SO_RCVBUFFORCE; root). */
+  forceRecvBuffer?: boolean;
+  /**
+   * Receive on a thread of its own (ThreadedNetlinkSocket), so the kernel's
+   * work in recvmsg overlaps with decoding. Not on the main thread.
+   */
+  threaded?: boolean;
 }
 
 /** What a socket does with what it receives; unset handlers drop their kind. */
@@ -97,7 +105,7 @@ export function errnoOf(err: unknown): number {
  * start at 1 and never use 0, which marks events.
  */
 export class CtnetlinkSocket {
-  readonly raw: NetlinkSocket;
+  readonly raw: RawNetlinkSocket;
   handlers: CtnetlinkHandlers = {};
   private seq = 1;
   private closed = false;
@@ -110,12 +118,18 @@ export class CtnetlinkSocket {
 
   constructor(options: CtnetlinkSocketOptions = {}) {
     const receiveBytes = options.receiveBytes ?? 65536;
-    this.raw = new NetlinkSocket(NETLINK_NETFILTER, {
+    const base = {
       receiveBytes: Math.max(0, receiveBytes),
       recvBufferSize: options.recvBufferSize ?? DEFAULT_SOCKET_BUFFER,
       sendBufferSize: options.sendBufferSize ?? DEFAULT_SOCKET_BUFFER,
-    });
-    for (const g of options.groups ?? []) this.raw.addMembership(g);
+    };
+    if (options.threaded) {
+      this.raw = new ThreadedNetlinkSocket(NETLINK_NETFILTER, { ...base, groups: options.groups ?? [], forceRecvBuffer: options.forceRecvBuffer ?? false });
+    } else {
+      this.raw = new NetlinkSocket(NETLINK_NETFILTER, base);
+      for (const g of options.groups ?? []) this.raw.addMembership(g);
+      if (options.forceRecvBuffer) this.raw.forceRecvBufferSize(base.recvBufferSize);
+    }
     // An exception escaping into the package's native callback aborts the
     // whole process, so nothing thrown by a handler may leave these listeners.
     this.raw.on('message', (msg: Buffer, drained?: boolean) => {

@@ -47,10 +47,11 @@ function run(data: FeedWorkerData): void {
       groups: data.follow ? [CtGroup.New, CtGroup.Update, CtGroup.Destroy] : [],
       recvBufferSize: data.recvBufferSize,
       receiveBytes: data.receiveBytes,
+      // Events come in bursts far larger than rmem_max allows (4 MiB here):
+      // as root, take the full requested buffer.
+      forceRecvBuffer: data.follow,
+      threaded: true,
     });
-    // Events come in bursts far larger than rmem_max allows (4 MiB here):
-    // as root, take the full requested buffer.
-    if (data.follow && data.recvBufferSize) sock.raw.forceRecvBufferSize(data.recvBufferSize);
   } catch (err) {
     port.postMessage({ type: 'failed', message: `cannot open a conntrack netlink socket: ${(err as Error).message}` });
     return;
@@ -65,9 +66,10 @@ function run(data: FeedWorkerData): void {
     if (cmd.type === 'stats') port.postMessage({ type: 'stats', id: cmd.id, stats: { ...follower.stats } });
     else if (cmd.type === 'stop') {
       follower.stop();
-      sock.close();
-      port.postMessage({ type: 'stopped', stats: { ...follower.stats } });
-      port.close();
+      void sock.raw.closed().then(() => {
+        port.postMessage({ type: 'stopped', stats: { ...follower.stats } });
+        port.close();
+      });
     }
   });
   follower.start().then(

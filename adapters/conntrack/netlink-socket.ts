@@ -66,6 +66,20 @@ export function bindingPatched(): boolean {
   return loadBinding().patched;
 }
 
+/** What ctnetlink needs of a raw socket (NetlinkSocket, ThreadedNetlinkSocket). */
+export interface RawNetlinkSocket extends EventEmitter {
+  forceRecvBufferSize(size: number): number;
+  addMembership(group: number): void;
+  getRecvBufferSize(): number;
+  getSendBufferSize(): number;
+  send(data: Buffer, cb: (err?: NetlinkErrno) => void): void;
+  unref(): void;
+  ref(): void;
+  close(): void;
+  /** close(), resolving once the socket is really gone (a reader thread has ended). */
+  closed(): Promise<void>;
+}
+
 export interface NetlinkSocketOptions {
   /** 0: peek each datagram's size (two syscalls); else one fixed receive buffer of this size. */
   receiveBytes: number;
@@ -80,7 +94,7 @@ export interface NetlinkSocketOptions {
  * whether the receive queue was empty after it; otherwise `drained` is
  * undefined (unknown).
  */
-export class NetlinkSocket extends EventEmitter {
+export class NetlinkSocket extends EventEmitter implements RawNetlinkSocket {
   private readonly native: NativeSocket;
   private open = true;
 
@@ -152,5 +166,10 @@ export class NetlinkSocket extends EventEmitter {
     if (!this.open) return;
     this.open = false;
     this.native.close();
+  }
+
+  closed(): Promise<void> {
+    this.close();
+    return Promise.resolve();
   }
 }
