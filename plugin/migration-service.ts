@@ -1,0 +1,95 @@
+import { VmSpec } from './vm';
+
+/** Which side of a migration a session is. */
+export type SessionRole = 'source' | 'destination';
+
+/**
+ * Session states. Source: precopy → streaming → cutover → migrated, or
+ * failed. Destination: preparing → precopy → streaming → cutover → ready,
+ * or failed. `failed` also covers cancelled (the reason says which).
+ */
+export type SessionState = 'preparing' | 'precopy' | 'streaming' | 'cutover' | 'ready' | 'migrated' | 'failed';
+
+/** A session as the outside world sees it (D-Bus properties, status output). */
+export interface SessionInfo {
+  /** Opaque id, stable for the session's life; also the D-Bus object name. */
+  id: string;
+  role: SessionRole;
+  vm: string;
+  state: SessionState;
+  /** Peer daemon (ADDR:PORT) the session talks to, '' while unknown. */
+  peer: string;
+  /** Entries sent (source) or received (destination), snapshot and changes. */
+  sent: number;
+  received: number;
+  /** Entries committed to the kernel (destination). */
+  committed: number;
+  /** Entries refused on import (not the VM's, malformed); never reach the kernel. */
+  refused: number;
+  /** Bytes of state on the wire so far. */
+  bytes: number;
+  /** The destination drops the VM's traffic right now. */
+  blocked: boolean;
+  /** Readiness policy in force (complete, precopy, fraction:F, tcp-established). */
+  readyWhen: string;
+  /** Table version shipped (source) or applied (destination). */
+  version: number;
+  /** Milliseconds since the epoch; 0 = not yet. */
+  createdAt: number;
+  updatedAt: number;
+  cutoverAt: number;
+  readyAt: number;
+  /** Why the session failed, '' otherwise. */
+  error: string;
+}
+
+/** What changed, for listeners (D-Bus signals and PropertiesChanged). */
+export type ServiceEvent =
+  | { kind: 'session-added'; session: SessionInfo }
+  | { kind: 'session-changed'; session: SessionInfo }
+  | { kind: 'session-removed'; session: SessionInfo }
+  | { kind: 'state-changed'; session: SessionInfo; from: SessionState }
+  | { kind: 'ready'; session: SessionInfo }
+  | { kind: 'failed'; session: SessionInfo; reason: string }
+  /** The block was lifted before the state was complete (timeout policy fail-open). */
+  | { kind: 'fail-open'; session: SessionInfo; reason: string };
+
+export interface PrepareOptions {
+  /** Source daemon ADDR:PORT; absent: ask the configured peers. */
+  source?: string;
+  /** Readiness policy text; absent: the daemon's default. */
+  readyWhen?: string;
+}
+
+/** A VM registered on this host (it runs here, or is about to). */
+export interface RegisteredVm {
+  vm: VmSpec;
+  /** QEMU's -object value for this VM's dbus-vmstate helper, '' without one. */
+  vmstateArgs: string;
+}
+
+/**
+ * The migration engine's face to its callers: the D-Bus Manager object,
+ * and through it ctmigratectl and the libvirt hook. Every method either
+ * does what it says or throws an Error whose message says what failed and
+ * what was kept.
+ */
+export interface MigrationService {
+  /** This host runs the VM: track its entries, start its dbus-vmstate helper. Idempotent. */
+  register(vm: VmSpec): Promise<RegisteredVm>;
+  /** Stop tracking a VM that is gone (no session may be running for it). */
+  unregister(uuid: string): Promise<void>;
+  /** The VM is coming here: block its traffic, start pulling its state. */
+  prepareIncoming(vm: VmSpec, options: PrepareOptions): Promise<SessionInfo>;
+  /** Source: the VM has stopped; ship the residual delta now (no-op if already shipped). */
+  cutover(uuid: string): Promise<SessionInfo>;
+  /** Close the VM's session: `migrated` deletes the source's entries; `failed` rolls back. */
+  finish(uuid: string, result: 'migrated' | 'failed'): Promise<void>;
+  /** Cancel and roll back whatever session the VM has here. */
+  abort(uuid: string): Promise<void>;
+  sessions(): SessionInfo[];
+  registered(): RegisteredVm[];
+  /** Subscribe to changes; returns the unsubscribe function. */
+  subscribe(listener: (event: ServiceEvent) => void): () => void;
+}
+export const MigrationService = Symbol('MigrationService');
