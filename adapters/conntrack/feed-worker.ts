@@ -29,7 +29,7 @@ export interface FeedWorkerData {
 }
 
 /** Messages the main thread sends. */
-export type FeedCommand = { type: 'stats'; id: number } | { type: 'stop' };
+export type FeedCommand = { type: 'stats'; id: number } | { type: 'sync'; id: number } | { type: 'reclaim'; id: number; upTo: number } | { type: 'stop' };
 
 function run(data: FeedWorkerData): void {
   const port = parentPort;
@@ -64,6 +64,8 @@ function run(data: FeedWorkerData): void {
   );
   port.on('message', (cmd: FeedCommand) => {
     if (cmd.type === 'stats') port.postMessage({ type: 'stats', id: cmd.id, stats: { ...follower.stats } });
+    else if (cmd.type === 'sync') void follower.sync().then(() => port.postMessage({ type: 'synced', id: cmd.id, version: table.version }));
+    else if (cmd.type === 'reclaim') port.postMessage({ type: 'reclaimed', id: cmd.id, freed: follower.reclaim(cmd.upTo) });
     else if (cmd.type === 'stop') {
       follower.stop();
       void sock.raw.closed().then(() => {

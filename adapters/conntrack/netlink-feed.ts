@@ -36,6 +36,8 @@ type WorkerMessage =
   | { type: 'stats'; id: number; stats: FeedStats }
   | { type: 'warning'; message: string }
   | { type: 'stopped'; stats: FeedStats }
+  | { type: 'synced'; id: number; version: number }
+  | { type: 'reclaimed'; id: number; freed: number }
   | { type: 'failed'; message: string };
 
 /** The feed failed (socket or dump); the worker has ended. */
@@ -68,6 +70,7 @@ class WorkerFeed implements Feed {
   private last: FeedStats = { dumped: 0, events: 0, overruns: 0, repaired: 0 };
   private nextId = 1;
   private readonly pending = new Map<number, (s: FeedStats) => void>();
+  private readonly answers = new Map<number, (n: number) => void>();
   private exited = false;
   private stopping: Promise<FeedStats> | null = null;
   private settleReady: { resolve: (s: FeedStats) => void; reject: (e: Error) => void } | null = null;
@@ -90,6 +93,8 @@ class WorkerFeed implements Feed {
       this.fail('conntrack feed worker ended');
       for (const r of this.pending.values()) r(this.last);
       this.pending.clear();
+      for (const r of this.answers.values()) r(-1);
+      this.answers.clear();
       this.onStopped?.(this.last);
     });
   }
@@ -106,6 +111,13 @@ class WorkerFeed implements Feed {
         const r = this.pending.get(m.id);
         this.pending.delete(m.id);
         r?.(m.stats);
+        break;
+      }
+      case 'synced':
+      case 'reclaimed': {
+        const r = this.answers.get(m.id);
+        this.answers.delete(m.id);
+        r?.(m.type === 'synced' ? m.version : m.freed);
         break;
       }
       case 'warning':
@@ -137,6 +149,23 @@ class WorkerFeed implements Feed {
     return new Promise((resolve) => {
       this.pending.set(id, resolve);
       this.worker.postMessage({ type: 'stats', id } satisfies FeedCommand);
+    });
+  }
+
+  sync(): Promise<number> {
+    return this.ask((id) => ({ type: 'sync', id }));
+  }
+
+  reclaim(upTo: number): Promise<number> {
+    return this.ask((id) => ({ type: 'reclaim', id, upTo }));
+  }
+
+  private ask(cmd: (id: number) => FeedCommand): Promise<number> {
+    if (this.exited) return Promise.reject(new FeedError('conntrack feed has ended'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.answers.set(id, (n) => (n < 0 ? reject(new FeedError('conntrack feed ended before answering')) : resolve(n)));
+      this.worker.postMessage(cmd(id));
     });
   }
 

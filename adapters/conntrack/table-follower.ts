@@ -32,6 +32,10 @@ import { FlowDecoder } from './flow-decoder';
 import { mergeEvent, sameFlow } from './flow-merge';
 import { CtMsg, messageType } from './netlink-message';
 
+const NLMSG_NOOP = 1;
+const NLM_F_REQUEST = 1;
+const NLM_F_ACK = 4;
+
 /** Keeps one table in step with the kernel through one socket. */
 export class TableFollower {
   readonly stats: FeedStats = { dumped: 0, events: 0, overruns: 0, repaired: 0 };
@@ -47,6 +51,8 @@ export class TableFollower {
   private waitTimer: NodeJS.Timeout | null = null;
   private repairing = false;
   private stopped = false;
+  private readonly syncs = new Map<number, () => void>();
+  private idleWaiters: Array<() => void> = [];
 
   constructor(
     private readonly sock: CtnetlinkSocket,
@@ -60,7 +66,13 @@ export class TableFollower {
     sock.handlers = {
       reply: (b, o, e, s) => void this.runner.reply(b, o, e, s),
       done: (s, e) => void this.runner.done(s, e),
-      ack: (s, e) => void this.runner.ack(s, e),
+      ack: (s, e) => {
+        const synced = this.syncs.get(s);
+        if (synced) {
+          this.syncs.delete(s);
+          synced();
+        } else void this.runner.ack(s, e);
+      },
       event: (b, o, e) => this.event(b, o, e),
       overrun: () => this.overrun(),
       drained: () => this.drained(),
@@ -81,6 +93,33 @@ export class TableFollower {
       this.repairing = false;
     }
     return { ...this.stats };
+  }
+
+  /**
+   * Resolves once every event the kernel queued for us before this call is
+   * in the table (and any repair it set off has finished). The barrier is a
+   * NOOP request with ACK on the event socket: its answer is queued behind
+   * those events, and the reader hands datagrams over in order.
+   */
+  sync(): Promise<void> {
+    const seq = this.sock.reserve(1);
+    const msg = Buffer.alloc(16);
+    msg.writeUInt32LE(16, 0);
+    msg.writeUInt16LE(NLMSG_NOOP, 4);
+    msg.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
+    msg.writeUInt32LE(seq, 8);
+    return new Promise<void>((resolve) => {
+      this.syncs.set(seq, () => {
+        if (!this.repairing && !this.pendingRepair) resolve();
+        else this.idleWaiters.push(resolve);
+      });
+      this.sock.send(msg);
+    });
+  }
+
+  /** Free tombstones up to `upTo` (every session has shipped them); this thread is the table's writer. */
+  reclaim(upTo: number): number {
+    return this.table.reclaim(upTo);
   }
 
   /** Stop reacting (the owner closes the socket). */
@@ -213,6 +252,11 @@ export class TableFollower {
       this.seen = null;
       this.repairing = false;
       this.runner.setSink((b, o, e) => this.initialEntry(b, o, e));
+      if (!this.pendingRepair) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
     }
   }
 

@@ -19,6 +19,13 @@ export interface Feed {
   /** Resolves once the initial dump is in the table. */
   readonly ready: Promise<FeedStats>;
   stats(): Promise<FeedStats>;
+  /**
+   * Resolves with the table version once every change the kernel made
+   * before the call is in the table: the cut-over point of a session.
+   */
+  sync(): Promise<number>;
+  /** Free tombstones with version <= upTo (all sessions have shipped them); resolves with how many. */
+  reclaim(upTo: number): Promise<number>;
   stop(): Promise<FeedStats>;
 }
 
