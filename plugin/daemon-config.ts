@@ -1,0 +1,179 @@
+/**
+ * The daemon's configuration: embedded defaults, then the config file (when
+ * there is one), then command-line flags. The file has the flags' long
+ * names as keys, one `key = value` per line, `#` comments, `peer` repeated:
+ *
+ *   listen = 0.0.0.0:7471
+ *   peer = 198.51.100.2:7471
+ *   psk-file = /etc/ctmigrate/psk
+ *   ready-when = complete
+ *   block-timeout = 30
+ */
+import { isIP } from 'node:net';
+import { PeerAddress } from './ports/peer-port';
+import { parseReadiness, Readiness, ReadinessError } from './readiness';
+
+export interface DaemonConfig {
+  listen: PeerAddress;
+  peers: PeerAddress[];
+  pskFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  runDir: string;
+  readyWhen: Readiness;
+  /** How long the destination may block a VM's traffic waiting for its state. */
+  blockTimeoutMs: number;
+  /** At the block timeout: lift the drop and warn (open), or keep dropping (block). */
+  onBlockTimeout: 'open' | 'block';
+  /** Most entries one VM's session may hold (memory is reserved, used only as filled). */
+  tableCapacity: number;
+  /** How often a source ships the changes since the last shipment during pre-copy. */
+  changeIntervalMs: number;
+}
+
+export const DEFAULT_CONFIG_FILE = '/etc/ctmigrate/ctmigrate.conf';
+export const DEFAULT_PORT = 7471;
+
+export function defaultConfig(): DaemonConfig {
+  return {
+    listen: { host: '0.0.0.0', port: DEFAULT_PORT },
+    peers: [],
+    runDir: '/run/ctmigrate',
+    readyWhen: { kind: 'complete' },
+    blockTimeoutMs: 30_000,
+    onBlockTimeout: 'open',
+    tableCapacity: 2_000_000,
+    changeIntervalMs: 20,
+  };
+}
+
+/** A configuration value that cannot be used; says which and where. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** "ADDR:PORT", "[v6]:PORT" or a bare address (default port). */
+export function parsePeerAddress(text: string, what = 'address'): PeerAddress {
+  const t = text.trim();
+  let host: string;
+  let port = DEFAULT_PORT;
+  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(t);
+  if (v6) {
+    host = v6[1];
+    if (v6[2] !== undefined) port = Number(v6[2]);
+  } else if (isIP(t) === 6) {
+    host = t;
+  } else {
+    const i = t.lastIndexOf(':');
+    host = i < 0 ? t : t.slice(0, i);
+    if (i >= 0) port = Number(t.slice(i + 1));
+  }
+  if (isIP(host) === 0) throw new ConfigError(`${what} ${JSON.stringify(text)}: not an IP address (use ADDR:PORT or [IPv6]:PORT)`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`${what} ${JSON.stringify(text)}: port must be 1-65535`);
+  return { host, port };
+}
+
+/** Keys the file and the flags share. */
+export const CONFIG_KEYS = [
+  'listen',
+  'peer',
+  'psk-file',
+  'tls-cert',
+  'tls-key',
+  'tls-ca',
+  'run-dir',
+  'ready-when',
+  'block-timeout',
+  'on-block-timeout',
+  'table-capacity',
+] as const;
+export type ConfigKey = (typeof CONFIG_KEYS)[number];
+
+/** Apply one setting; `where` names its origin for errors ("line 4 of FILE", "--listen"). */
+export function applySetting(c: DaemonConfig, key: string, value: string, where: string): void {
+  const bad = (why: string): never => {
+    throw new ConfigError(`${where}: ${key} ${why}`);
+  };
+  switch (key as ConfigKey) {
+    case 'listen':
+      c.listen = wrap(() => parsePeerAddress(value, 'listen'), where);
+      break;
+    case 'peer':
+      c.peers.push(wrap(() => parsePeerAddress(value, 'peer'), where));
+      break;
+    case 'psk-file':
+      c.pskFile = value || bad('needs a file name');
+      break;
+    case 'tls-cert':
+      c.tlsCert = value || bad('needs a file name');
+      break;
+    case 'tls-key':
+      c.tlsKey = value || bad('needs a file name');
+      break;
+    case 'tls-ca':
+      c.tlsCa = value || bad('needs a file name');
+      break;
+    case 'run-dir':
+      if (!value.startsWith('/')) bad('must be an absolute path');
+      c.runDir = value;
+      break;
+    case 'ready-when':
+      try {
+        c.readyWhen = parseReadiness(value);
+      } catch (e) {
+        if (e instanceof ReadinessError) bad(e.message.replace(/^unknown readiness policy /, 'is not a readiness policy: '));
+        throw e;
+      }
+      break;
+    case 'block-timeout': {
+      const n = Number(value);
+      if (!(Number.isFinite(n) && n > 0 && n <= 3600)) bad(`must be seconds between 0 and 3600, not ${JSON.stringify(value)}`);
+      c.blockTimeoutMs = Math.round(n * 1000);
+      break;
+    }
+    case 'on-block-timeout':
+      if (value !== 'open' && value !== 'block') bad(`must be open or block, not ${JSON.stringify(value)}`);
+      c.onBlockTimeout = value as 'open' | 'block';
+      break;
+    case 'table-capacity': {
+      const n = Number(value);
+      if (!(Number.isInteger(n) && n >= 1024 && n <= 50_000_000)) bad(`must be an entry count from 1024 to 50000000, not ${JSON.stringify(value)}`);
+      c.tableCapacity = n;
+      break;
+    }
+    default:
+      throw new ConfigError(`${where}: unknown setting ${JSON.stringify(key)} (known: ${CONFIG_KEYS.join(', ')})`);
+  }
+}
+
+function wrap<T>(fn: () => T, where: string): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof ConfigError) throw new ConfigError(`${where}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Parse a config file's text onto `c`. */
+export function applyConfigText(c: DaemonConfig, text: string, file: string): void {
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].replace(/#.*$/, '').trim();
+    if (line === '') continue;
+    const eq = line.indexOf('=');
+    if (eq < 0) throw new ConfigError(`line ${i + 1} of ${file}: expected "key = value", got ${JSON.stringify(lines[i].trim())}`);
+    applySetting(c, line.slice(0, eq).trim(), line.slice(eq + 1).trim(), `line ${i + 1} of ${file}`);
+  }
+}
+
+/** The same credentials rule on both: a key, or certificate + key + CA, not both, not part. */
+export function checkCredentials(c: DaemonConfig): void {
+  const tls = [c.tlsCert, c.tlsKey, c.tlsCa].filter((x) => x !== undefined).length;
+  if (c.pskFile !== undefined && tls > 0) throw new ConfigError('give either psk-file or tls-cert/tls-key/tls-ca, not both');
+  if (tls > 0 && tls < 3) throw new ConfigError('tls-cert, tls-key and tls-ca go together');
+}

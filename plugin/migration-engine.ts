@@ -1,0 +1,327 @@
+import { inject, injectable } from 'tsyringe';
+import { DaemonConfig, parsePeerAddress } from './daemon-config';
+import { DestinationMigration } from './destination-migration';
+import { MigrationService, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
+import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, StartMessage } from './peer-protocol';
+import { BlockerPort } from './ports/blocker-port';
+import { Clock } from './ports/clock';
+import { ConnectionFeed } from './ports/connection-feed';
+import { ConntrackPort } from './ports/conntrack-port';
+import { Log } from './ports/log-port';
+import { formatPeerAddress, PeerAddress, PeerConnection, PeerListener, PeerPort } from './ports/peer-port';
+import { VmStatePort } from './ports/vmstate-port';
+import { formatReadiness, parseReadiness, Readiness } from './readiness';
+import { Session } from './session';
+import { SourceMigration } from './source-migration';
+import { parseVmUuid, VmSpec, vmSpec } from './vm';
+import { decodeReference, encodeReference } from './vmstate-reference';
+
+/** The daemon's configuration, as the composition root resolved it. */
+export const DaemonConfigToken = Symbol('DaemonConfig');
+
+/** How long a query to one peer ("who runs VM X?") may take. */
+const WHO_HAS_TIMEOUT_MS = 3000;
+/** How long a peer may take to say what it wants after the handshake. */
+const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+
+/**
+ * The migration engine: the registry of this host's VMs, the sessions in
+ * both roles, and the peer listener that sources answer on. It only talks
+ * to the world through its ports.
+ */
+@injectable()
+export class MigrationEngine implements MigrationService {
+  private readonly vms = new Map<string, RegisteredVm>();
+  private readonly sources = new Map<string, SourceMigration>();
+  private readonly destinations = new Map<string, DestinationMigration>();
+  private readonly listeners = new Set<(e: ServiceEvent) => void>();
+  private listener: PeerListener | null = null;
+
+  constructor(
+    @inject(DaemonConfigToken) private readonly config: DaemonConfig,
+    @inject(ConntrackPort) private readonly conntrack: ConntrackPort,
+    @inject(ConnectionFeed) private readonly feeds: ConnectionFeed,
+    @inject(BlockerPort) private readonly blocker: BlockerPort,
+    @inject(PeerPort) private readonly peers: PeerPort,
+    @inject(VmStatePort) private readonly vmstate: VmStatePort,
+    @inject(Clock) private readonly clock: Clock,
+    @inject(Log) private readonly log: Log,
+  ) {}
+
+  /** Start answering peers. */
+  async start(): Promise<PeerAddress> {
+    this.listener = await this.peers.listen(this.config.listen, (conn) => void this.incoming(conn));
+    this.log.info('listening for peers', { address: formatPeerAddress(this.listener.address) });
+    return this.listener.address;
+  }
+
+  /** Stop: end every session (failed, rolled back), stop helpers and the listener. */
+  async stop(): Promise<void> {
+    for (const d of this.destinations.values()) await d.fail('daemon stopping').catch(() => undefined);
+    for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
+    for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
+    await this.listener?.close();
+  }
+
+  subscribe(listener: (event: ServiceEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit = (e: ServiceEvent): void => {
+    for (const l of this.listeners) {
+      try {
+        l(e);
+      } catch (err) {
+        this.log.error(`event listener failed: ${(err as Error).message}`);
+      }
+    }
+  };
+
+  sessions(): SessionInfo[] {
+    const all: SessionInfo[] = [];
+    for (const s of this.sources.values()) all.push(s.session.snapshot());
+    for (const d of this.destinations.values()) all.push(d.session.snapshot());
+    return all.sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  registered(): RegisteredVm[] {
+    return [...this.vms.values()];
+  }
+
+  async register(vm: VmSpec): Promise<RegisteredVm> {
+    const entry: RegisteredVm = { vm, vmstateArgs: this.vmstate.objectArgs(vm.uuid) };
+    const helper = await this.vmstate.attach(vm.uuid, {
+      save: () => this.save(vm.uuid),
+      load: (blob) => this.load(vm.uuid, blob),
+    });
+    entry.vmstateArgs = helper.objectArgs;
+    this.vms.set(vm.uuid, entry);
+    this.log.info('VM registered', { vm: vm.uuid, addresses: vm.addresses.length });
+    return entry;
+  }
+
+  async unregister(uuid: string): Promise<void> {
+    const id = parseVmUuid(uuid);
+    const live = this.activeSession(id);
+    if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
+    await this.vmstate.detach(id);
+    this.vms.delete(id);
+  }
+
+  private activeSession(uuid: string): SessionInfo | null {
+    const s = this.sources.get(uuid);
+    if (s && !s.session.over) return s.session.snapshot();
+    const d = this.destinations.get(uuid);
+    if (d && !d.session.over && d.session.state !== 'ready') return d.session.snapshot();
+    return null;
+  }
+
+  private replace(uuid: string): void {
+    for (const map of [this.sources, this.destinations] as Array<Map<string, { session: Session }>>) {
+      const old = map.get(uuid);
+      if (old) {
+        map.delete(uuid);
+        this.emit({ kind: 'session-removed', session: old.session.snapshot() });
+      }
+    }
+  }
+
+  // ---- destination -------------------------------------------------------
+
+  async prepareIncoming(vm: VmSpec, options: PrepareOptions): Promise<SessionInfo> {
+    const live = this.activeSession(vm.uuid);
+    if (live) throw new Error(`VM ${vm.uuid} already has a ${live.role} session in state ${live.state}`);
+    const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;
+    const source = options.source ? parsePeerAddress(options.source, 'source') : null;
+    this.replace(vm.uuid);
+    const session = new Session('destination', vm.uuid, formatReadiness(readiness), this.clock, this.emit);
+    this.emit({ kind: 'session-added', session: session.snapshot() });
+    try {
+      await this.blocker.block(vm.uuid, vm.addresses);
+    } catch (e) {
+      session.fail(`could not block the VM's traffic: ${(e as Error).message}`);
+      throw new Error(`${(e as Error).message}; no session started`);
+    }
+    session.update({ blocked: true });
+    let conn: PeerConnection;
+    try {
+      const at = source ?? (await this.findSource(vm.uuid));
+      session.update({ peer: formatPeerAddress(at) });
+      conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000 });
+    } catch (e) {
+      await this.blocker.unblock(vm.uuid).catch(() => undefined);
+      session.update({ blocked: false });
+      session.fail((e as Error).message);
+      throw new Error(`${(e as Error).message}; the drop was lifted, nothing imported`);
+    }
+    const migration = new DestinationMigration(session, vm, conn, this.conntrack, this.blocker, this.clock, this.log, readiness, {
+      tableCapacity: this.config.tableCapacity,
+      blockTimeoutMs: this.config.blockTimeoutMs,
+      onBlockTimeout: this.config.onBlockTimeout,
+      offerTimeoutMs: 30_000,
+    });
+    this.destinations.set(vm.uuid, migration);
+    let offer;
+    try {
+      offer = await migration.open();
+    } catch (e) {
+      await migration.fail((e as Error).message);
+      throw new Error(`${(e as Error).message}; the drop was lifted, nothing imported`);
+    }
+    void migration.run(offer);
+    this.log.info('incoming session started', { vm: vm.uuid, session: session.id, source: session.info.peer });
+    return session.snapshot();
+  }
+
+  /** Ask every configured peer whether it runs the VM; the first yes wins. */
+  private async findSource(uuid: string): Promise<PeerAddress> {
+    if (this.config.peers.length === 0) throw new Error(`no source given for VM ${uuid} and no peers configured to ask`);
+    const asks = this.config.peers.map(async (p) => {
+      const conn = await this.peers.connect(p, { role: PeerRole.Query, timeoutMs: WHO_HAS_TIMEOUT_MS });
+      try {
+        await conn.send({ kind: MessageKind.WhoHas, queryId: 1, vm: uuid });
+        const m = await conn.receive(WHO_HAS_TIMEOUT_MS);
+        if (m.kind === MessageKind.HasVm && m.vm === uuid && m.has) return p;
+        throw new Error(`${formatPeerAddress(p)} does not run VM ${uuid}`);
+      } finally {
+        await conn.close().catch(() => undefined);
+      }
+    });
+    try {
+      return await Promise.any(asks);
+    } catch {
+      throw new Error(`none of the peers (${this.config.peers.map(formatPeerAddress).join(', ')}) runs VM ${uuid}`);
+    }
+  }
+
+  // ---- source ------------------------------------------------------------
+
+  private async incoming(conn: PeerConnection): Promise<void> {
+    let first: PeerMessage;
+    try {
+      first = await conn.receive(FIRST_MESSAGE_TIMEOUT_MS);
+    } catch {
+      conn.destroy();
+      return;
+    }
+    try {
+      if (first.kind === MessageKind.WhoHas) {
+        const has = this.vms.has(first.vm) || this.sources.has(first.vm);
+        await conn.send({ kind: MessageKind.HasVm, queryId: first.queryId, vm: first.vm, has });
+        await conn.close();
+        return;
+      }
+      if (first.kind === MessageKind.Start) return await this.startSource(conn, first);
+      if (first.kind === MessageKind.Resume) {
+        return await this.refuse(conn, PeerErrorCode.CannotResume, `cannot resume session ${first.sessionId}: this source restarts sessions from a snapshot`);
+      }
+      await this.refuse(conn, PeerErrorCode.Protocol, `expected Start or WhoHas, got ${MessageKind[first.kind]}`);
+    } catch (e) {
+      this.log.warn(`peer ${formatPeerAddress(conn.remote)}: ${(e as Error).message}`);
+      conn.destroy();
+    }
+  }
+
+  private async refuse(conn: PeerConnection, code: PeerErrorCode, text: string): Promise<void> {
+    const m: ErrorMessage = { kind: MessageKind.Error, code, text };
+    await conn.send(m).catch(() => undefined);
+    await conn.close().catch(() => undefined);
+    this.log.warn(`refused peer ${formatPeerAddress(conn.remote)}: ${text}`);
+  }
+
+  private async startSource(conn: PeerConnection, start: StartMessage): Promise<void> {
+    let vm: VmSpec;
+    const known = this.vms.get(start.vm);
+    try {
+      vm = known ? known.vm : vmSpec(start.vm, start.addresses, start.zone, start.mark);
+    } catch (e) {
+      return this.refuse(conn, PeerErrorCode.Refused, (e as Error).message);
+    }
+    const live = this.activeSession(vm.uuid);
+    if (live) return this.refuse(conn, PeerErrorCode.Refused, `VM ${vm.uuid} already has a ${live.role} session here (${live.state})`);
+    this.replace(vm.uuid);
+    const session = new Session('source', vm.uuid, '', this.clock, this.emit, start.sessionId);
+    session.update({ peer: formatPeerAddress(conn.remote) });
+    this.emit({ kind: 'session-added', session: session.snapshot() });
+    const migration = new SourceMigration(session, vm, conn, this.feeds, this.conntrack, this.clock, this.log, {
+      tableCapacity: this.config.tableCapacity,
+      changeIntervalMs: this.config.changeIntervalMs,
+    });
+    this.sources.set(vm.uuid, migration);
+    this.log.info('outgoing session started', { vm: vm.uuid, session: session.id, destination: session.info.peer });
+    try {
+      await migration.start(start);
+    } catch (e) {
+      await migration.end(`pre-copy failed: ${(e as Error).message}`);
+    }
+  }
+
+  async cutover(uuid: string): Promise<SessionInfo> {
+    const id = parseVmUuid(uuid);
+    const s = this.sources.get(id);
+    if (!s || s.session.over) throw new Error(`VM ${id} has no outgoing session on this host`);
+    await s.cutover();
+    return s.session.snapshot();
+  }
+
+  async finish(uuid: string, result: 'migrated' | 'failed'): Promise<void> {
+    const id = parseVmUuid(uuid);
+    const s = this.sources.get(id);
+    const d = this.destinations.get(id);
+    if (s && !s.session.over) await s.finish(result);
+    else if (d && !d.session.over) await d.finish(result);
+    else throw new Error(`VM ${id} has no open session on this host`);
+  }
+
+  async abort(uuid: string): Promise<void> {
+    const id = parseVmUuid(uuid);
+    const s = this.sources.get(id);
+    const d = this.destinations.get(id);
+    let any = false;
+    if (s && !s.session.over) {
+      await s.end('aborted');
+      any = true;
+    }
+    if (d && !d.session.over) {
+      await d.fail('aborted');
+      any = true;
+    }
+    if (!any) throw new Error(`VM ${id} has no open session on this host`);
+  }
+
+  // ---- QEMU dbus-vmstate -------------------------------------------------
+
+  /** Source, VM stopped: ship the residual delta, hand QEMU a reference to it. */
+  private async save(uuid: string): Promise<Uint8Array> {
+    const s = this.sources.get(uuid);
+    if (!s || s.session.over) {
+      this.log.warn('QEMU saved state with no outgoing session; the destination gets none', { vm: uuid });
+      return encodeReference({ kind: 'none' });
+    }
+    return encodeReference(await s.cutover());
+  }
+
+  /** Destination, before the VM resumes: wait until the state the reference names is in. */
+  private async load(uuid: string, blob: Uint8Array): Promise<void> {
+    const ref = decodeReference(blob);
+    const d = this.destinations.get(uuid);
+    if (!d) {
+      if (ref.kind === 'session') this.log.warn('QEMU loaded a state reference but this host has no incoming session', { vm: uuid });
+      return;
+    }
+    if (ref.kind === 'none') {
+      if (!d.session.over) await d.fail('the source shipped no state (no outgoing session there)');
+      return;
+    }
+    try {
+      await d.waitFinal(ref, this.config.blockTimeoutMs);
+    } catch (e) {
+      if (this.config.onBlockTimeout === 'open') {
+        this.log.warn(`vmstate load: ${(e as Error).message}; letting the VM run (policy: open)`, { vm: uuid });
+        return;
+      }
+      throw e;
+    }
+  }
+}

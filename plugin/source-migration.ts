@@ -1,0 +1,221 @@
+import { createHash } from 'node:crypto';
+import { ConnectionTable, Scan } from './connection-table';
+import { CloseReason, MessageKind, StartMessage } from './peer-protocol';
+import { Clock } from './ports/clock';
+import { ConnectionFeed, Feed } from './ports/connection-feed';
+import { ConntrackPort } from './ports/conntrack-port';
+import { Log } from './ports/log-port';
+import { PeerConnection } from './ports/peer-port';
+import { Session } from './session';
+import { encodeTable, encodeTableToBuffer } from './snapshot-encoder';
+import { VmSpec, vmFilter } from './vm';
+import { VmStateReference } from './vmstate-reference';
+
+export interface SourceSettings {
+  tableCapacity: number;
+  changeIntervalMs: number;
+}
+
+/** Room kept free in a frame for the message header around codec bytes. */
+const FRAME_SLACK = 256;
+
+/**
+ * The source side of one migration: follow the VM's entries into a table,
+ * ship a snapshot, then every change in version order, and at cut-over the
+ * residual delta (deletions included) as the Final message.
+ *
+ * All shipping runs through one promise chain, so a change tick, the
+ * cut-over and a finish never interleave on the connection.
+ */
+export class SourceMigration {
+  private table: ConnectionTable | null = null;
+  private feed: Feed | null = null;
+  private shipped = 0;
+  private final: VmStateReference | null = null;
+  private work: Promise<unknown> = Promise.resolve();
+  private cancelTick: (() => void) | null = null;
+  private ended = false;
+
+  constructor(
+    readonly session: Session,
+    readonly vm: VmSpec,
+    private readonly conn: PeerConnection,
+    private readonly feeds: ConnectionFeed,
+    private readonly conntrack: ConntrackPort,
+    private readonly clock: Clock,
+    private readonly log: Log,
+    private readonly settings: SourceSettings,
+  ) {
+    void conn.closed.then((info) => {
+      if (this.ended) return;
+      // Before cut-over the destination cannot have everything: nothing to undo here.
+      if (this.session.state !== 'cutover') {
+        const why = info.error ? info.error.message : 'the destination closed the connection';
+        void this.end(`peer connection lost before cut-over: ${why}`);
+      }
+    });
+  }
+
+  /** Follow the VM's entries, answer the Start with an Offer, ship the snapshot, start streaming. */
+  async start(request: StartMessage): Promise<void> {
+    const table = ConnectionTable.create({ capacity: this.settings.tableCapacity });
+    this.table = table;
+    const feed = this.feeds.start(table, {
+      filter: vmFilter(this.vm),
+      follow: true,
+      onWarning: (m) => this.log.warn(m, { vm: this.vm.uuid, session: this.session.id }),
+    });
+    this.feed = feed;
+    await feed.ready;
+    const v0 = await feed.sync();
+    await this.conn.send({
+      kind: MessageKind.Offer,
+      sessionId: request.sessionId,
+      vm: request.vm,
+      addresses: request.addresses,
+      zone: request.zone,
+      mark: request.mark,
+      snapshotVersion: v0,
+      announcedEntries: table.size,
+      resumeFrom: null,
+    });
+    this.session.moveTo('precopy');
+    let seq = 0;
+    let held: Uint8Array | null = null;
+    let bytes = 0;
+    const summary = await encodeTable(table, { scan: Scan.Snapshot, from: 0, to: v0 }, async (chunk) => {
+      if (held) await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: held });
+      held = chunk;
+      bytes += chunk.length;
+    });
+    await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: true, bytes: held ?? new Uint8Array(0) });
+    this.shipped = v0;
+    this.session.update({ sent: summary.entries, bytes, version: v0 });
+    this.session.moveTo('streaming');
+    this.log.info('snapshot shipped', { vm: this.vm.uuid, session: this.session.id, entries: summary.entries, bytes, version: v0 });
+    this.scheduleTick();
+  }
+
+  private scheduleTick(): void {
+    if (this.ended || this.final) return;
+    this.cancelTick = this.clock.after(this.settings.changeIntervalMs, () => {
+      this.cancelTick = null;
+      this.serial(() => this.tick()).then(
+        () => this.scheduleTick(),
+        (e: Error) => void this.end(`shipping changes failed: ${e.message}`),
+      );
+    });
+  }
+
+  private async tick(): Promise<void> {
+    if (this.ended || this.final || !this.table || !this.feed) return;
+    const to = this.table.version;
+    if (to <= this.shipped) return;
+    await this.shipChanges(this.shipped, to);
+    await this.feed.reclaim(this.shipped);
+  }
+
+  /** Ship (from, to] as Changes, halving the range while it is too big for one frame. */
+  private async shipChanges(from: number, to: number): Promise<void> {
+    const table = this.table as ConnectionTable;
+    const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Delta, from, to });
+    if (bytes.length > this.conn.peer.maxFrameBytes - FRAME_SLACK && to - from > 1) {
+      const mid = from + Math.floor((to - from) / 2);
+      await this.shipChanges(from, mid);
+      await this.shipChanges(mid, to);
+      return;
+    }
+    await this.conn.send({ kind: MessageKind.Changes, from, to, bytes });
+    this.shipped = to;
+    this.session.update({ sent: this.session.info.sent + summary.entries, bytes: this.session.info.bytes + bytes.length, version: to });
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.work.then(fn, fn);
+    this.work = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * The VM has stopped: wait until every kernel change before now is in the
+   * table, ship the residual delta as Final, and return the reference for
+   * QEMU's blob. Idempotent: a second call returns the same reference.
+   */
+  cutover(): Promise<VmStateReference> {
+    if (this.final) return Promise.resolve(this.final);
+    this.cancelTick?.();
+    this.cancelTick = null;
+    return this.serial(async () => {
+      if (this.final) return this.final;
+      if (this.ended || !this.table || !this.feed) throw new Error(`session ${this.session.id} is ${this.session.state}; nothing to cut over`);
+      const stop = await this.feed.sync();
+      const from = this.shipped;
+      const { bytes, summary } = encodeTableToBuffer(this.table, { scan: Scan.Delta, from, to: stop });
+      if (bytes.length > this.conn.peer.maxFrameBytes - FRAME_SLACK) {
+        // Too much for one frame: ship most of it as changes, keep the tail final.
+        await this.shipChanges(from, stop - 1);
+        return this.finalFrom(this.shipped, stop);
+      }
+      const digest = createHash('sha256').update(bytes).digest();
+      await this.conn.send({ kind: MessageKind.Final, from, to: stop, digest, bytes });
+      return this.sealed(stop, digest, summary.entries, bytes.length);
+    });
+  }
+
+  private async finalFrom(from: number, stop: number): Promise<VmStateReference> {
+    const { bytes, summary } = encodeTableToBuffer(this.table as ConnectionTable, { scan: Scan.Delta, from, to: stop });
+    const digest = createHash('sha256').update(bytes).digest();
+    await this.conn.send({ kind: MessageKind.Final, from, to: stop, digest, bytes });
+    return this.sealed(stop, digest, summary.entries, bytes.length);
+  }
+
+  private sealed(stop: number, digest: Uint8Array, entries: number, bytes: number): VmStateReference {
+    this.shipped = stop;
+    this.final = { kind: 'session', sessionId: this.session.id, finalVersion: stop, digest };
+    this.session.update({ sent: this.session.info.sent + entries, bytes: this.session.info.bytes + bytes, version: stop });
+    this.session.moveTo('cutover');
+    this.log.info('residual delta shipped', { vm: this.vm.uuid, session: this.session.id, entries, bytes, version: stop });
+    return this.final;
+  }
+
+  /**
+   * Close the session. `migrated`: the VM runs on the destination now, so
+   * its entries here are deleted. Anything else: this host keeps its
+   * entries as they are.
+   */
+  async finish(result: 'migrated' | 'failed', reason = 'migration failed'): Promise<void> {
+    if (result === 'migrated' && !this.final) await this.cutover();
+    await this.serial(async () => undefined);
+    if (result === 'migrated') {
+      const table = this.table as ConnectionTable;
+      const report = await this.conntrack.remove({ table });
+      const gone = report.failures.filter((f) => f.code !== 'ENOENT');
+      for (const f of gone) this.log.warn(`could not delete ${f.flow}: ${f.reason}`, { vm: this.vm.uuid, session: this.session.id });
+      this.log.info('source entries deleted', { vm: this.vm.uuid, session: this.session.id, deleted: report.deleted });
+      await this.close(CloseReason.Migrated, 'migrated');
+      this.session.moveTo('migrated');
+    } else {
+      await this.end(reason);
+    }
+  }
+
+  /** Fail: stop streaming, leave this host's entries alone, tell the peer. */
+  async end(reason: string): Promise<void> {
+    if (this.ended) return;
+    this.session.fail(reason);
+    await this.close(CloseReason.Failed, reason);
+  }
+
+  private async close(reason: CloseReason, text: string): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    this.cancelTick?.();
+    try {
+      await this.conn.send({ kind: MessageKind.Close, reason, text });
+    } catch {
+      // The peer is gone already.
+    }
+    await this.conn.close().catch(() => undefined);
+    await this.feed?.stop().catch(() => undefined);
+  }
+}
