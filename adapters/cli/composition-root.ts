@@ -1,9 +1,25 @@
 import 'reflect-metadata';
+import { hostname } from 'node:os';
 import { container, DependencyContainer } from 'tsyringe';
 import { ConntrackNetlink } from '../conntrack/conntrack-netlink';
 import { NetlinkFeed } from '../conntrack/netlink-feed';
+import { DbusManagerClient } from '../dbus/dbus-manager-client';
+import { NftablesBlocker } from '../nftables/nftables-blocker';
+import { loadCredentials } from '../peer/tls-credentials';
+import { TlsPeerPort } from '../peer/tls-peer-port';
+import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
+import { DaemonConfig } from '../../plugin/daemon-config';
+import { DaemonConfigToken, MigrationEngine } from '../../plugin/migration-engine';
+import { MigrationService } from '../../plugin/migration-service';
+import { BlockerPort } from '../../plugin/ports/blocker-port';
+import { Clock, systemClock } from '../../plugin/ports/clock';
 import { ConnectionFeed } from '../../plugin/ports/connection-feed';
 import { ConntrackPort } from '../../plugin/ports/conntrack-port';
+import { Log } from '../../plugin/ports/log-port';
+import { ManagerClient } from '../../plugin/ports/manager-client';
+import { PeerPort } from '../../plugin/ports/peer-port';
+import { VmStatePort } from '../../plugin/ports/vmstate-port';
+import { StderrLog } from './stderr-log';
 
 /**
  * The composition root: the one place that knows every adapter and binds
@@ -13,5 +29,40 @@ export function buildContainer(parent: DependencyContainer = container): Depende
   const c = parent.createChildContainer();
   c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink() });
   c.register<ConnectionFeed>(ConnectionFeed, { useFactory: () => new NetlinkFeed() });
+  c.register<ManagerClient>(ManagerClient, { useFactory: () => new DbusManagerClient() });
   return c;
+}
+
+/** Whether the daemon can talk to peers, and if not, why. */
+export interface PeerSetup {
+  enabled: boolean;
+  why: string;
+}
+
+/** Everything the daemon runs on, for this configuration. */
+export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort, parent: DependencyContainer = container): { c: DependencyContainer; peers: PeerSetup } {
+  const c = buildContainer(parent);
+  const log = new StderrLog();
+  c.register<Log>(Log, { useValue: log });
+  c.register<Clock>(Clock, { useValue: systemClock });
+  c.register<DaemonConfig>(DaemonConfigToken, { useValue: config });
+  c.register<BlockerPort>(BlockerPort, { useValue: new NftablesBlocker() });
+  c.register<VmStatePort>(VmStatePort, { useValue: vmstate });
+  let peers: PeerSetup;
+  const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
+  const given = Object.values(files).some((f) => f !== undefined);
+  try {
+    const credentials = loadCredentials(files);
+    c.register<PeerPort>(PeerPort, { useValue: new TlsPeerPort({ credentials, hostId: hostname() }) });
+    peers = { enabled: true, why: '' };
+  } catch (e) {
+    // Credentials that were asked for and cannot be used stop the daemon;
+    // none at all (and no libvirt PKI) is the single-host default.
+    if (given) throw e;
+    const why = `peer channel disabled: ${(e as Error).message}`;
+    c.register<PeerPort>(PeerPort, { useValue: new UnconfiguredPeerPort(why) });
+    peers = { enabled: false, why };
+  }
+  c.registerSingleton<MigrationService>(MigrationService, MigrationEngine);
+  return { c, peers };
 }

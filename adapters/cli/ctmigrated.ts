@@ -1,37 +1,82 @@
 #!/usr/bin/env node
 import 'reflect-metadata';
+import { mkdirSync } from 'node:fs';
+import { DbusService } from '../dbus/dbus-service';
+import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
+import { MigrationEngine } from '../../plugin/migration-engine';
+import { MigrationService } from '../../plugin/migration-service';
+import { Log } from '../../plugin/ports/log-port';
 import { CommandIo } from './command';
+import { buildDaemonContainer } from './composition-root';
+import { DAEMON_HELP, daemonConfig } from './daemon-options';
 import { packageVersion } from './package-info';
 import { runMain } from './run-main';
+import { StderrLog } from './stderr-log';
 import { CommandError } from './usage-error';
-
-const HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:PORT] [--peer ADDR:PORT]...
-                  [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F]
-                  [--run-dir DIR] [--ready-when complete|precopy|fraction:F]
-                  [--block-timeout SECONDS]
-
-The ctmigrate daemon: tracks registered VMs' conntrack entries and carries
-them to the destination host during live migration.
-
-This build ships the kernel layer only (ctmigratectl dump/load); the daemon
-itself is not part of this release yet, and starting it fails with a message
-saying so.
-
-Options:
-  -h, --help     show this help
-  -V, --version  print the version
-`;
 
 async function main(argv: string[], io: CommandIo): Promise<number> {
   if (argv.includes('-h') || argv.includes('--help')) {
-    io.stdout.write(HELP);
+    io.stdout.write(DAEMON_HELP);
     return 0;
   }
   if (argv.includes('-V') || argv.includes('--version')) {
     io.stdout.write(`ctmigrated ${packageVersion()}\n`);
     return 0;
   }
-  throw new CommandError('the migration daemon is not part of this build yet; use ctmigratectl dump/load');
+  const config = daemonConfig(argv);
+  try {
+    mkdirSync(config.runDir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new CommandError(`cannot create run dir ${config.runDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const bootLog = new StderrLog();
+  const vmstate = new DbusVmStatePort(config.runDir, bootLog);
+  let built;
+  try {
+    built = buildDaemonContainer(config, vmstate);
+  } catch (e) {
+    throw new CommandError((e as Error).message);
+  }
+  const { c, peers } = built;
+  const log = c.resolve<Log>(Log);
+  const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
+
+  if (peers.enabled) {
+    try {
+      await engine.start();
+    } catch (e) {
+      throw new CommandError(`cannot listen for peers: ${(e as Error).message}`);
+    }
+  } else {
+    log.warn(peers.why);
+  }
+
+  let stopping = false;
+  const stop = async (why: string, code: number): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info(`stopping: ${why}`);
+    await service.stop().catch(() => undefined);
+    await engine.stop().catch((e: Error) => log.error(`stop: ${e.message}`));
+    process.exit(code);
+  };
+  const service = new DbusService(engine, {
+    version: packageVersion(),
+    objectArgs: (uuid) => vmstate.objectArgs(uuid),
+    log,
+    onDisconnect: (e) => void stop(`lost the system bus: ${e.message}`, 1),
+  });
+  try {
+    await service.start();
+  } catch (e) {
+    await engine.stop().catch(() => undefined);
+    throw new CommandError((e as Error).message);
+  }
+  log.info('ctmigrated ready', { version: packageVersion(), peers: config.peers.length, runDir: config.runDir });
+  process.on('SIGTERM', () => void stop('SIGTERM', 0));
+  process.on('SIGINT', () => void stop('SIGINT', 0));
+  // Runs until a signal; the bus connection and the listener keep the loop alive.
+  return new Promise<number>(() => undefined);
 }
 
 runMain('ctmigrated', main);

@@ -1,0 +1,90 @@
+import { existsSync, readFileSync } from 'node:fs';
+import {
+  applyConfigText,
+  applySetting,
+  checkCredentials,
+  ConfigError,
+  DaemonConfig,
+  DEFAULT_CONFIG_FILE,
+  defaultConfig,
+} from '../../plugin/daemon-config';
+import { parseOptions } from './parse-options';
+import { UsageError } from './usage-error';
+
+export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:PORT] [--peer ADDR:PORT]...
+                  [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F]
+                  [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
+                  [--block-timeout SECONDS] [--on-block-timeout open|block]
+                  [--table-capacity N]
+
+The ctmigrate daemon. It carries registered VMs' conntrack entries to the
+destination host during live migration: pre-copy while the VM runs, the
+residual delta when it stops (through QEMU's dbus-vmstate or the peer
+channel), and on the destination it drops the VM's traffic until the state
+is in. It owns org.ctmigrate1 on the system bus (DBUS_SYSTEM_BUS_ADDRESS is
+honoured) and answers peers on the listen address.
+
+Options (flags override the config file, which overrides the defaults):
+  -c, --config FILE          settings file (default ${DEFAULT_CONFIG_FILE} when present);
+                             one "key = value" per line, keys as the long flags
+  -l, --listen ADDR:PORT     peer channel address (default 0.0.0.0:7471)
+  -p, --peer ADDR:PORT       a peer daemon to ask for a VM's source (repeatable)
+      --psk-file FILE        the cluster's pre-shared key, hex, at least 32 bytes
+      --tls-cert FILE        mutual TLS instead of a key: this host's certificate,
+      --tls-key FILE         its key and the CA (default: libvirt's PKI files
+      --tls-ca FILE          under /etc/pki when they exist)
+      --run-dir DIR          per-VM buses and state (default /run/ctmigrate)
+      --ready-when POLICY    when the destination lifts the drop: complete (default),
+                             precopy, fraction:F, tcp-established
+      --block-timeout SEC    longest a VM's traffic is dropped waiting (default 30)
+      --on-block-timeout P   open (lift the drop, warn; default) or block
+      --table-capacity N     most entries per VM session (default 2000000)
+  -h, --help                 show this help
+  -V, --version              print the version
+
+Without key or certificates the daemon still runs (register, status), but
+cannot migrate state: peers are neither accepted nor dialled.
+`;
+
+/** Flags, then the file they name (or the default file), then defaults. */
+export function daemonConfig(args: string[]): DaemonConfig {
+  const { values, positionals } = parseOptions(args, {
+    config: { type: 'string', short: 'c' },
+    listen: { type: 'string', short: 'l' },
+    peer: { type: 'string', short: 'p', multiple: true },
+    'psk-file': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-ca': { type: 'string' },
+    'run-dir': { type: 'string' },
+    'ready-when': { type: 'string' },
+    'block-timeout': { type: 'string' },
+    'on-block-timeout': { type: 'string' },
+    'table-capacity': { type: 'string' },
+  });
+  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
+  const c = defaultConfig();
+  const file = values.config ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+  try {
+    if (file !== undefined) {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      applyConfigText(c, text, file);
+    }
+    // Peers given on the command line replace the file's list.
+    if (values.peer) c.peers = [];
+    for (const [key, value] of Object.entries(values)) {
+      if (key === 'config' || value === undefined) continue;
+      for (const v of Array.isArray(value) ? value : [value]) applySetting(c, key, String(v), `--${key}`);
+    }
+    checkCredentials(c);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UsageError(e.message);
+    throw e;
+  }
+  return c;
+}
