@@ -1,13 +1,37 @@
 #!/usr/bin/env node
 import 'reflect-metadata';
 import { Command, CommandIo } from './command';
+import {
+  abortCommand,
+  cutoverCommand,
+  finishCommand,
+  prepareIncomingCommand,
+  registerCommand,
+  sessionsCommand,
+  statusCommand,
+  vmstateArgsCommand,
+  watchCommand,
+} from './commands/daemon-commands';
 import { dumpCommand } from './commands/dump';
 import { loadCommand } from './commands/load';
 import { buildContainer } from './composition-root';
 import { packageVersion } from './package-info';
 import { runMain } from './run-main';
 
-const COMMANDS: Command[] = [dumpCommand, loadCommand];
+const KERNEL_COMMANDS: Command[] = [dumpCommand, loadCommand];
+const DAEMON_COMMANDS: Command[] = [
+  registerCommand,
+  prepareIncomingCommand,
+  cutoverCommand,
+  finishCommand,
+  abortCommand,
+  statusCommand,
+  sessionsCommand,
+  watchCommand,
+  vmstateArgsCommand,
+];
+const COMMANDS: Command[] = [...KERNEL_COMMANDS, ...DAEMON_COMMANDS];
+const list = (cs: Command[]): string => cs.map((c) => `  ${c.name.padEnd(17)} ${c.summary}`).join('\n');
 
 const HELP = `Usage: ctmigratectl COMMAND [OPTIONS]
 
@@ -15,7 +39,10 @@ Control ctmigrate and move conntrack entries between hosts.
 
 Kernel-direct commands (act on the conntrack table of the network namespace
 they run in; no daemon needed; run as root):
-${COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
+${list(KERNEL_COMMANDS)}
+
+Daemon commands (talk to the local ctmigrated over the system bus):
+${list(DAEMON_COMMANDS)}
 
 Options:
   -h, --help     show this help (or COMMAND --help for a command's)

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import 'reflect-metadata';
 import { mkdirSync } from 'node:fs';
+import { ensureConntrackEvents } from '../conntrack/event-sysctl';
 import { DbusService } from '../dbus/dbus-service';
 import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
 import { MigrationEngine } from '../../plugin/migration-engine';
@@ -39,6 +40,12 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   }
   const { c, peers } = built;
   const log = c.resolve<Log>(Log);
+  try {
+    const ev = ensureConntrackEvents();
+    if (ev.changed) log.info('conntrack events enabled for every new entry', { sysctl: 'net.netfilter.nf_conntrack_events', was: ev.before });
+  } catch (e) {
+    log.warn(`${(e as Error).message}; entries created while no migration listens may not report changes`);
+  }
   const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
 
   if (peers.enabled) {

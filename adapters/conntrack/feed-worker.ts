@@ -12,6 +12,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ConnectionTable } from '../../plugin/connection-table';
 import { FlowFilter } from '../../plugin/flow-filter';
+import { conntrackEventsSetting } from './event-sysctl';
 import { bindingPatched } from './netlink-socket';
 import { CtnetlinkSocket } from './ctnetlink-socket';
 import { KernelVersion, planDump, runningKernel } from './dump-filter';
@@ -55,6 +56,12 @@ function run(data: FeedWorkerData): void {
   } catch (err) {
     port.postMessage({ type: 'failed', message: `cannot open a conntrack netlink socket: ${(err as Error).message}` });
     return;
+  }
+  if (data.follow && conntrackEventsSetting() !== '1') {
+    port.postMessage({
+      type: 'warning',
+      message: `conntrack feed: net.netfilter.nf_conntrack_events is ${conntrackEventsSetting() ?? 'unreadable'}, not 1: entries created while no one listened report no updates or destroys (ctmigrated sets 1 at start)`,
+    });
   }
   if (data.follow && !bindingPatched()) {
     port.postMessage({ type: 'warning', message: 'conntrack feed: the overrun-safe netlink binding was not built (npm run build); an event overrun may abort the process' });

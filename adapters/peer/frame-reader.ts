@@ -26,7 +26,7 @@ export class FrameReader {
 
   /** Bytes held for an unfinished frame (header included). */
   get buffered(): number {
-    return this.headerFill + this.partialFill;
+    return this.headerFill + (this.partial !== null ? FRAME_HEADER_BYTES + this.partialFill : 0);
   }
 
   /** Whether the stream stopped between frames (a clean end). */

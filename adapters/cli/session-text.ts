@@ -1,0 +1,21 @@
+import { SessionInfo } from '../../plugin/migration-service';
+
+/** One line per session for people: role, VM, state, counts, blocked. */
+export function sessionLine(s: SessionInfo): string {
+  const parts = [
+    `${s.role.padEnd(11)} ${s.vm} ${s.state.padEnd(9)}`,
+    s.role === 'source' ? `sent ${s.sent}` : `received ${s.received}, committed ${s.committed}`,
+  ];
+  if (s.refused) parts.push(`refused ${s.refused}`);
+  parts.push(`${formatBytes(s.bytes)}`);
+  if (s.role === 'destination') parts.push(s.blocked ? 'traffic blocked' : 'traffic flowing');
+  if (s.peer) parts.push(`peer ${s.peer}`);
+  if (s.error) parts.push(`error: ${s.error}`);
+  return parts.join(', ');
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}

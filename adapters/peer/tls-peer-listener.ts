@@ -1,0 +1,161 @@
+import { createServer, Server, Socket } from 'node:net';
+import { createServer as createTlsServer, Server as TlsServer, TLSSocket } from 'node:tls';
+import { PeerRole } from '../../plugin/peer-protocol';
+import { PeerAddress, PeerConnection, PeerListener, PeerListenerStats } from '../../plugin/ports/peer-port';
+import { PeerChannelError } from './peer-errors';
+import { PeerCredentials, serverTlsOptions } from './tls-credentials';
+import { ConnectionTuning, TlsPeerConnection } from './tls-peer-connection';
+
+/** Limits on sockets that have not proven they belong to the cluster. */
+export interface HandshakeLimits {
+  /** Time from TCP accept to a verified Hello; idle or slow sockets are dropped after it. */
+  handshakeTimeoutMs: number;
+  /** Most sockets in the handshake at once; a new one evicts the oldest, so a flood of idle sockets cannot lock peers out. */
+  maxPendingHandshakes: number;
+}
+
+interface Pending {
+  raw: Socket;
+  timer: NodeJS.Timeout;
+  /** The TLS handshake succeeded; only the Hello is missing. */
+  tlsPassed: boolean;
+}
+
+/**
+ * Accepts peers. This class owns the TCP listener and every socket that has
+ * not yet proven it belongs to the cluster: it times each one out, evicts
+ * the oldest when too many wait, and counts refusals. Each accepted socket
+ * is handed to a tls.Server that never listens itself (emit('connection')),
+ * so Node's own certificate checks (requestCert + rejectUnauthorized) apply.
+ * tls.Server alone leaves a socket that hit its handshake timeout open when
+ * a 'tlsClientError' listener exists (seen on Node 20): that is how idle
+ * sockets pile up, hence the separate timer here.
+ *
+ * No frame is read before the TLS handshake has authenticated the peer:
+ * the frame reader only exists on the connection made after it.
+ */
+export class TlsPeerListener implements PeerListener {
+  readonly stats: PeerListenerStats = {
+    connections: 0,
+    authenticated: 0,
+    refused: 0,
+    timedOut: 0,
+    evicted: 0,
+    protocolErrors: 0,
+    framesReceived: 0,
+    pending: 0,
+    active: 0,
+  };
+  /** Keyed by the remote "address:port", which a TLS socket and its TCP socket share. */
+  private readonly pending = new Map<string, Pending>();
+  private readonly active = new Set<TlsPeerConnection>();
+  private readonly tlsServer: TlsServer;
+  private readonly server: Server;
+  private bound: PeerAddress = { host: '', port: 0 };
+
+  constructor(
+    credentials: PeerCredentials,
+    private readonly tuning: ConnectionTuning,
+    private readonly limits: HandshakeLimits,
+    private readonly onConnection: (c: PeerConnection) => void,
+  ) {
+    // Node's own handshake timer stays behind ours; ours is the one that counts and closes.
+    this.tlsServer = createTlsServer({ ...serverTlsOptions(credentials), handshakeTimeout: limits.handshakeTimeoutMs + 1000 });
+    this.tlsServer.on('tlsClientError', (_err, tls) => tls.destroy());
+    this.tlsServer.on('secureConnection', (tls: TLSSocket) => this.authenticated(tls));
+    this.server = createServer((raw) => this.accept(raw));
+    // A listen socket error after start (EMFILE on accept) must not kill the daemon.
+    this.server.on('error', () => undefined);
+  }
+
+  get address(): PeerAddress {
+    return this.bound;
+  }
+
+  /** Bind; rejects with the bind error (EADDRINUSE, EACCES). */
+  start(address: PeerAddress): Promise<this> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(new Error(`cannot listen for peers on ${address.host}:${address.port}: ${err.message}`));
+      this.server.once('error', onError);
+      this.server.listen(address.port, address.host, () => {
+        this.server.off('error', onError);
+        const a = this.server.address();
+        if (a !== null && typeof a === 'object') this.bound = { host: a.address, port: a.port };
+        resolve(this);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const done = new Promise<void>((r) => this.server.close(() => r()));
+    for (const [key, p] of this.pending) {
+      this.drop(key);
+      p.raw.destroy();
+    }
+    for (const c of this.active) c.destroy();
+    await Promise.all([...this.active].map((c) => c.closed));
+    await done;
+  }
+
+  private accept(raw: Socket): void {
+    this.stats.connections++;
+    raw.on('error', () => undefined);
+    const key = `${raw.remoteAddress}:${raw.remotePort}`;
+    if (this.pending.size >= this.limits.maxPendingHandshakes) {
+      // Oldest first: it has had the longest chance to authenticate.
+      const [oldestKey, oldest] = this.pending.entries().next().value as [string, Pending];
+      this.drop(oldestKey);
+      this.stats.evicted++;
+      oldest.raw.destroy();
+    }
+    const timer = setTimeout(() => {
+      this.stats.timedOut++;
+      this.drop(key);
+      raw.destroy();
+    }, this.limits.handshakeTimeoutMs);
+    this.pending.set(key, { raw, timer, tlsPassed: false });
+    this.stats.pending = this.pending.size;
+    raw.once('close', () => {
+      const p = this.pending.get(key);
+      if (p === undefined || p.raw !== raw) return;
+      // Closed during the handshake: no key, wrong key, plain TCP, a certificate Node rejected.
+      if (!p.tlsPassed) this.stats.refused++;
+      this.drop(key);
+    });
+    this.tlsServer.emit('connection', raw);
+  }
+
+  private authenticated(tls: TLSSocket): void {
+    const key = `${tls.remoteAddress}:${tls.remotePort}`;
+    const p = this.pending.get(key);
+    if (p === undefined) return void tls.destroy();
+    p.tlsPassed = true;
+    const c = new TlsPeerConnection(tls, { host: tls.remoteAddress ?? '?', port: tls.remotePort ?? 0 }, PeerRole.Listener, {
+      ...this.tuning,
+      onFrame: () => this.stats.framesReceived++,
+    });
+    void c.closed.then((info) => {
+      if (this.active.delete(c)) this.stats.active = this.active.size;
+      if (info.error instanceof PeerChannelError && info.error.problem !== null) this.stats.protocolErrors++;
+    });
+    c.ready.then(
+      () => {
+        if (this.pending.get(key) !== p) return c.destroy();
+        this.drop(key);
+        this.stats.authenticated++;
+        this.active.add(c);
+        this.stats.active = this.active.size;
+        this.onConnection(c);
+      },
+      () => this.drop(key),
+    );
+  }
+
+  private drop(key: string): void {
+    const p = this.pending.get(key);
+    if (p === undefined) return;
+    clearTimeout(p.timer);
+    this.pending.delete(key);
+    this.stats.pending = this.pending.size;
+  }
+}

@@ -1,0 +1,98 @@
+import { isIP, connect as tcpConnect, Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES } from '../../plugin/peer-protocol';
+import { formatPeerAddress, PeerAddress, PeerConnection, PeerDialOptions, PeerListener, PeerPort } from '../../plugin/ports/peer-port';
+import { PeerChannelError, PeerTimeoutError } from './peer-errors';
+import { encodeRelayPreamble } from './relay-preamble';
+import { clientTlsOptions, PeerCredentials } from './tls-credentials';
+import { TlsPeerConnection } from './tls-peer-connection';
+import { TlsPeerListener } from './tls-peer-listener';
+
+/** Settings of the peer channel; every limit has a default that suits a daemon. */
+export interface TlsPeerPortOptions {
+  credentials: PeerCredentials;
+  /** This host's id, sent in Hello (the hostname, usually). */
+  hostId: string;
+  /** Largest frame payload accepted (default 4 MiB). */
+  maxFrameBytes?: number;
+  /** Unacknowledged data a sender may have in flight (default 16 MiB). */
+  windowBytes?: number;
+  /** TCP accept to verified Hello, on the listening side (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Sockets in the handshake at once before the oldest is evicted (default 64). */
+  maxPendingHandshakes?: number;
+  /** Dialling: TCP + TLS + Hello (default 10 s) unless the call gives one. */
+  connectTimeoutMs?: number;
+}
+
+/** PeerPort over TLS 1.3 (pre-shared key or mutual certificates). */
+export class TlsPeerPort implements PeerPort {
+  private readonly maxFrameBytes: number;
+  private readonly windowBytes: number;
+
+  constructor(private readonly options: TlsPeerPortOptions) {
+    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.windowBytes = options.windowBytes ?? 16 << 20;
+    if (!(this.maxFrameBytes >= MIN_MAX_FRAME_BYTES && this.maxFrameBytes <= 0xffff_ffff))
+      throw new RangeError(`frame limit ${this.maxFrameBytes} is out of range (${MIN_MAX_FRAME_BYTES}..2^32-1)`);
+    if (!(this.windowBytes > 0)) throw new RangeError(`window ${this.windowBytes} must be positive`);
+  }
+
+  private tuning(helloTimeoutMs: number) {
+    return { hostId: this.options.hostId, maxFrameBytes: this.maxFrameBytes, windowBytes: this.windowBytes, helloTimeoutMs };
+  }
+
+  listen(address: PeerAddress, onConnection: (c: PeerConnection) => void): Promise<PeerListener> {
+    const handshakeTimeoutMs = this.options.handshakeTimeoutMs ?? 10_000;
+    return new TlsPeerListener(
+      this.options.credentials,
+      this.tuning(handshakeTimeoutMs),
+      { handshakeTimeoutMs, maxPendingHandshakes: this.options.maxPendingHandshakes ?? 64 },
+      onConnection,
+    ).start(address);
+  }
+
+  connect(address: PeerAddress, options: PeerDialOptions): Promise<PeerConnection> {
+    const timeoutMs = options.timeoutMs ?? this.options.connectTimeoutMs ?? 10_000;
+    const name = formatPeerAddress(address);
+    const hop = options.via ?? address;
+    return new Promise<PeerConnection>((resolve, reject) => {
+      let settled = false;
+      let raw: Socket | null = null;
+      const finish = (err: Error | null, c?: PeerConnection): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err) {
+          raw?.destroy();
+          reject(err);
+        } else if (c) resolve(c);
+      };
+      const timer = setTimeout(() => finish(new PeerTimeoutError(name, 'authenticated connection', timeoutMs)), timeoutMs);
+      raw = tcpConnect(hop.port, hop.host);
+      raw.once('error', (err) =>
+        finish(new PeerChannelError(name, `cannot connect to peer ${name}${options.via ? ` via relay ${formatPeerAddress(options.via)}` : ''}: ${err.message}`, err)),
+      );
+      if (options.via) raw.write(encodeRelayPreamble(address));
+      const creds = this.options.credentials;
+      const tls = tlsConnect({
+        socket: raw,
+        host: address.host,
+        // SNI takes names only; an IP address is checked against the certificate's IP SANs instead.
+        ...(isIP(address.host) === 0 ? { servername: address.host } : {}),
+        ...clientTlsOptions(creds),
+      });
+      tls.once('error', (err) =>
+        finish(new PeerChannelError(name, `peer ${name} refused the connection or failed authentication: ${err.message}`, err)),
+      );
+      tls.once('secureConnect', () => {
+        const remote: PeerAddress = { host: raw?.remoteAddress ?? hop.host, port: raw?.remotePort ?? hop.port };
+        const c = new TlsPeerConnection(tls, remote, options.role, this.tuning(timeoutMs));
+        c.ready.then(
+          () => finish(null, c),
+          (err: Error) => finish(err),
+        );
+      });
+    });
+  }
+}
