@@ -1,0 +1,41 @@
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parsePskHex, PskKeyError, readPskFile } from '../../../adapters/peer/psk-key';
+
+const KEY = 'a1'.repeat(32);
+
+describe('pre-shared key file', () => {
+  let dir = '';
+  before(() => (dir = mkdtempSync(join(tmpdir(), 'ctm-psk-'))));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reads 32 bytes of hex with a trailing newline', () => {
+    const p = join(dir, 'ok');
+    writeFileSync(p, `${KEY}\n`);
+    assert.deepEqual(readPskFile(p), Buffer.from(KEY, 'hex'));
+  });
+
+  it('tolerates whitespace inside the key', () => {
+    const spaced = `  ${KEY.slice(0, 20)}\n\t${KEY.slice(20, 40)} ${KEY.slice(40)}\r\n`;
+    assert.deepEqual(parsePskHex(spaced), Buffer.from(KEY, 'hex'));
+  });
+
+  const bad: [string, string, RegExp][] = [
+    ['empty', '\n', /is empty; expected at least 32 bytes/],
+    ['short', 'ab'.repeat(31), /holds 31 bytes of key; at least 32 are required/],
+    ['not hex', `${KEY.slice(0, 10)}zz${KEY.slice(12)}`, /not hex: character "z" at position 11/],
+    ['odd digits', `${KEY}a`, /odd number of hex digits \(65\)/],
+    ['too long', 'ab'.repeat(513), /at most 512/],
+  ];
+  for (const [name, text, msg] of bad) {
+    it(`refuses a key that is ${name}, saying why`, () => {
+      assert.throws(() => parsePskHex(text, 'pre-shared key file /etc/ctmigrate/psk'), (e: unknown) => e instanceof PskKeyError && msg.test(e.message));
+    });
+  }
+
+  it('names a missing file', () => {
+    assert.throws(() => readPskFile(join(dir, 'absent')), /cannot read the pre-shared key file .*absent: ENOENT/);
+  });
+});

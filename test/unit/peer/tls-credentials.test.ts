@@ -1,0 +1,41 @@
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CredentialError, LIBVIRT_PKI, loadCredentials } from '../../../adapters/peer/tls-credentials';
+
+describe('peer credentials', () => {
+  let dir = '';
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'ctm-cred-'));
+    writeFileSync(join(dir, 'psk'), 'cd'.repeat(32));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('uses the pre-shared key file when given', () => {
+    const c = loadCredentials({ pskFile: join(dir, 'psk') }, () => false);
+    assert.equal(c.kind, 'psk');
+  });
+
+  it('refuses a key and certificates together', () => {
+    assert.throws(() => loadCredentials({ pskFile: join(dir, 'psk'), tlsCert: 'a', tlsKey: 'b' }), /either --psk-file or --tls-cert/);
+  });
+
+  it('falls back to libvirt PKI paths, and says which were missing', () => {
+    const seen: string[] = [];
+    assert.throws(
+      () =>
+        loadCredentials({}, (p) => {
+          seen.push(p);
+          return false;
+        }),
+      (e: unknown) => e instanceof CredentialError && /no peer credentials: give --psk-file FILE/.test(e.message),
+    );
+    assert.ok(seen.includes(LIBVIRT_PKI.ca) && seen.includes(LIBVIRT_PKI.serverCert) && seen.includes(LIBVIRT_PKI.clientCert));
+  });
+
+  it('reads the libvirt files when they exist', () => {
+    // The default paths exist (per `exists`) but cannot be read here: the error names the file.
+    assert.throws(() => loadCredentials({}, () => true), new RegExp(`cannot read the CA certificate ${LIBVIRT_PKI.ca}`));
+  });
+});
