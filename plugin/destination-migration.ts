@@ -122,12 +122,15 @@ export class DestinationMigration {
           await this.apply(decoded.table, m.kind === MessageKind.Final);
           this.session.update({ version: m.to });
           await this.conn.acknowledge(m.to);
+          // fraction:F may be met by changes (more entries committed) before the cut-over.
+          if (m.kind === MessageKind.Changes) await this.checkReady();
           if (m.kind === MessageKind.Final) {
-            this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
             this.progress.finalApplied = true;
             this.session.moveTo('cutover');
             this.log.info('residual delta imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, version: m.to });
             await this.checkReady();
+            // Only now: Load() returns (and QEMU resumes the VM) once the drop is lifted, not while it is being lifted.
+            this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
             this.session.moveTo('ready');
             this.settle();
           }
@@ -196,7 +199,13 @@ export class DestinationMigration {
   }
 
   private async commit(part: ConnectionTable): Promise<void> {
+    if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
     const report: WriteReport = await this.conntrack.create({ table: part });
+    if (this.ended) {
+      // The session failed while this part was on its way in; the rollback did not know of it.
+      await this.conntrack.remove({ table: part }).catch((e: Error) => this.log.error(`could not remove entries imported during the rollback: ${e.message}`, { vm: this.vm.uuid }));
+      throw new Error(`session ${this.session.id} ended during a commit; its entries were removed`);
+    }
     const cur = part.cursor().reset(Scan.Snapshot, 0, part.version);
     while (cur.next()) this.imported.upsert(cur.view);
     this.progress.committed += report.created + report.replaced;

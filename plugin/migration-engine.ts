@@ -55,9 +55,13 @@ export class MigrationEngine implements MigrationService {
     return this.listener.address;
   }
 
-  /** Stop: end every session (failed, rolled back), stop helpers and the listener. */
+  /**
+   * Stop: end every session still in progress (failed, rolled back), stop
+   * helpers and the listener. A destination that is ready keeps its state:
+   * the VM may be running here on it, and nobody finishes that session.
+   */
   async stop(): Promise<void> {
-    for (const d of this.destinations.values()) await d.fail('daemon stopping').catch(() => undefined);
+    for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
     for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
     await this.listener?.close();
@@ -207,7 +211,9 @@ export class MigrationEngine implements MigrationService {
     }
     try {
       if (first.kind === MessageKind.WhoHas) {
-        const has = this.vms.has(first.vm) || this.sources.has(first.vm);
+        // A finished (migrated, failed) source session is history: the VM runs elsewhere or not at all.
+        const s = this.sources.get(first.vm);
+        const has = this.vms.has(first.vm) || (s !== undefined && !s.session.over);
         await conn.send({ kind: MessageKind.HasVm, queryId: first.queryId, vm: first.vm, has });
         await conn.close();
         return;

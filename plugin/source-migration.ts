@@ -7,7 +7,7 @@ import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { PeerConnection } from './ports/peer-port';
 import { Session } from './session';
-import { encodeTable, encodeTableToBuffer } from './snapshot-encoder';
+import { DEFAULT_CHUNK_BYTES, encodeTable, encodeTableToBuffer } from './snapshot-encoder';
 import { VmSpec, vmFilter } from './vm';
 import { VmStateReference } from './vmstate-reference';
 
@@ -56,8 +56,19 @@ export class SourceMigration {
     });
   }
 
-  /** Follow the VM's entries, answer the Start with an Offer, ship the snapshot, start streaming. */
+  /**
+   * Follow the VM's entries, answer the Start with an Offer, ship the
+   * snapshot, start streaming. The snapshot runs on the shipping chain too:
+   * a cut-over that comes while it is still on the wire (QEMU may stop a
+   * small VM before a big table is across) waits for it instead of sending
+   * the Final in the middle of the snapshot.
+   */
   async start(request: StartMessage): Promise<void> {
+    await this.serial(() => this.shipSnapshot(request));
+    this.scheduleTick();
+  }
+
+  private async shipSnapshot(request: StartMessage): Promise<void> {
     const table = ConnectionTable.create({ capacity: this.settings.tableCapacity });
     this.table = table;
     const feed = this.feeds.start(table, {
@@ -83,17 +94,23 @@ export class SourceMigration {
     let seq = 0;
     let held: Uint8Array | null = null;
     let bytes = 0;
-    const summary = await encodeTable(table, { scan: Scan.Snapshot, from: 0, to: v0 }, async (chunk) => {
-      if (held) await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: held });
-      held = chunk;
-      bytes += chunk.length;
-    });
+    // Chunks must fit the frame limit the destination announced, which may be below the codec's default.
+    const chunkBytes = Math.min(DEFAULT_CHUNK_BYTES, this.conn.peer.maxFrameBytes - FRAME_SLACK);
+    const summary = await encodeTable(
+      table,
+      { scan: Scan.Snapshot, from: 0, to: v0 },
+      async (chunk) => {
+        if (held) await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: held });
+        held = chunk;
+        bytes += chunk.length;
+      },
+      chunkBytes,
+    );
     await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: true, bytes: held ?? new Uint8Array(0) });
     this.shipped = v0;
     this.session.update({ sent: summary.entries, bytes, version: v0 });
     this.session.moveTo('streaming');
     this.log.info('snapshot shipped', { vm: this.vm.uuid, session: this.session.id, entries: summary.entries, bytes, version: v0 });
-    this.scheduleTick();
   }
 
   private scheduleTick(): void {
