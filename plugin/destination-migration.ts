@@ -24,6 +24,14 @@ export interface DestinationSettings {
 
 const TCP_ESTABLISHED = 3;
 
+/** The final delta did not arrive in time (the only Load failure fail-open covers). */
+export class FinalTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`final delta did not arrive within ${ms} ms`);
+    this.name = 'FinalTimeoutError';
+  }
+}
+
 /**
  * The destination side of one migration. The VM's traffic is dropped
  * before this starts (the engine blocks first); this pulls the snapshot and
@@ -181,6 +189,9 @@ export class DestinationMigration {
       const established = v.u8[v.rec + R_L4PROTO] === L4.TCP && v.u8[v.rec + R_PROTO_STATE] === TCP_ESTABLISHED && (v.u8[v.rec + R_FLAGS] & RecordFlag.HasProtoInfo) !== 0;
       (final && established ? first : rest).upsert(v);
     }
+    // The import table only needs live entries; free its tombstones now and
+    // then (a scan of the table) so heavy churn cannot fill it.
+    if (this.imported.tombstones > 4096 && this.imported.tombstones > this.imported.size >> 3) this.imported.reclaim(this.imported.version);
     if (refused > 0) {
       this.session.update({ refused: this.session.info.refused + refused });
       this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
@@ -259,7 +270,7 @@ export class DestinationMigration {
     }
     if (this.ended) return Promise.reject(new Error(`session ${this.session.id} ${this.session.info.error || 'ended'}`));
     return new Promise<void>((resolve, reject) => {
-      const cancel = this.clock.after(timeoutMs, () => reject(new Error(`final delta did not arrive within ${timeoutMs} ms`)));
+      const cancel = this.clock.after(timeoutMs, () => reject(new FinalTimeoutError(timeoutMs)));
       this.waiters.push({
         resolve: () => {
           cancel();

@@ -1,6 +1,6 @@
 import { inject, injectable } from 'tsyringe';
 import { DaemonConfig, parsePeerAddress } from './daemon-config';
-import { DestinationMigration } from './destination-migration';
+import { DestinationMigration, FinalTimeoutError } from './destination-migration';
 import { MigrationService, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
 import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, StartMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
@@ -13,7 +13,7 @@ import { VmStatePort } from './ports/vmstate-port';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
 import { SourceMigration } from './source-migration';
-import { parseVmUuid, VmSpec, vmSpec } from './vm';
+import { parseVmUuid, VmSpec } from './vm';
 import { decodeReference, encodeReference } from './vmstate-reference';
 
 /** The daemon's configuration, as the composition root resolved it. */
@@ -145,6 +145,7 @@ export class MigrationEngine implements MigrationService {
       await this.blocker.block(vm.uuid, vm.addresses);
     } catch (e) {
       session.fail(`could not block the VM's traffic: ${(e as Error).message}`);
+      this.emit({ kind: 'session-removed', session: session.snapshot() });
       throw new Error(`${(e as Error).message}; no session started`);
     }
     session.update({ blocked: true });
@@ -157,6 +158,7 @@ export class MigrationEngine implements MigrationService {
       await this.blocker.unblock(vm.uuid).catch(() => undefined);
       session.update({ blocked: false });
       session.fail((e as Error).message);
+      this.emit({ kind: 'session-removed', session: session.snapshot() });
       throw new Error(`${(e as Error).message}; the drop was lifted, nothing imported`);
     }
     const migration = new DestinationMigration(session, vm, conn, this.conntrack, this.blocker, this.clock, this.log, readiness, {
@@ -237,13 +239,11 @@ export class MigrationEngine implements MigrationService {
   }
 
   private async startSource(conn: PeerConnection, start: StartMessage): Promise<void> {
-    let vm: VmSpec;
+    // Only a VM registered here is served, with this host's idea of its
+    // addresses: a peer cannot pull the entries of arbitrary addresses.
     const known = this.vms.get(start.vm);
-    try {
-      vm = known ? known.vm : vmSpec(start.vm, start.addresses, start.zone, start.mark);
-    } catch (e) {
-      return this.refuse(conn, PeerErrorCode.Refused, (e as Error).message);
-    }
+    if (!known) return this.refuse(conn, PeerErrorCode.NotSource, `VM ${start.vm} is not registered on this host`);
+    const vm: VmSpec = known.vm;
     const live = this.activeSession(vm.uuid);
     if (live) return this.refuse(conn, PeerErrorCode.Refused, `VM ${vm.uuid} already has a ${live.role} session here (${live.state})`);
     this.replace(vm.uuid);
@@ -305,7 +305,14 @@ export class MigrationEngine implements MigrationService {
       this.log.warn('QEMU saved state with no outgoing session; the destination gets none', { vm: uuid });
       return encodeReference({ kind: 'none' });
     }
-    return encodeReference(await s.cutover());
+    try {
+      return encodeReference(await s.cutover());
+    } catch (e) {
+      // Never throw here: QEMU would migrate on without our section.
+      const reason = `the source could not ship the residual delta: ${(e as Error).message}`;
+      this.log.error(reason, { vm: uuid, session: s.session.id });
+      return encodeReference({ kind: 'failed', reason });
+    }
   }
 
   /** Destination, before the VM resumes: wait until the state the reference names is in. */
@@ -320,11 +327,18 @@ export class MigrationEngine implements MigrationService {
       if (!d.session.over) await d.fail('the source shipped no state (no outgoing session there)');
       return;
     }
+    if (ref.kind === 'failed') {
+      if (!d.session.over) await d.fail(ref.reason);
+      throw new Error(`${ref.reason}; the VM must not run here without its connection state`);
+    }
     try {
       await d.waitFinal(ref, this.config.blockTimeoutMs);
     } catch (e) {
-      if (this.config.onBlockTimeout === 'open') {
-        this.log.warn(`vmstate load: ${(e as Error).message}; letting the VM run (policy: open)`, { vm: uuid });
+      // Only waiting too long is covered by the fail-open policy; a wrong
+      // or failed state is never let through.
+      if (e instanceof FinalTimeoutError && this.config.onBlockTimeout === 'open') {
+        this.log.warn(`vmstate load: ${e.message}; letting the VM run (policy: open)`, { vm: uuid });
+        d.session.failOpen(e.message);
         return;
       }
       throw e;
