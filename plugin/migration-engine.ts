@@ -9,6 +9,7 @@ import { ConnectionFeed } from './ports/connection-feed';
 import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { formatPeerAddress, PeerAddress, PeerConnection, PeerListener, PeerPort } from './ports/peer-port';
+import { RegistryStore } from './ports/registry-store';
 import { VmStatePort } from './ports/vmstate-port';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
@@ -46,7 +47,35 @@ export class MigrationEngine implements MigrationService {
     @inject(VmStatePort) private readonly vmstate: VmStatePort,
     @inject(Clock) private readonly clock: Clock,
     @inject(Log) private readonly log: Log,
+    @inject(RegistryStore) private readonly registry: RegistryStore,
   ) {}
+
+  /**
+   * Register again the VMs a previous run had registered (from the run
+   * dir), so a restarted daemon still answers for the VMs it is the source
+   * of. Each failure is logged; none stops the daemon.
+   */
+  async restore(): Promise<number> {
+    const saved = await this.registry.load().catch((e: Error) => {
+      this.log.warn(`VM registry not read: ${e.message}`);
+      return { vms: [], problems: [] };
+    });
+    for (const p of saved.problems) this.log.warn(`VM registry: ${p}`);
+    let n = 0;
+    for (const vm of saved.vms) {
+      try {
+        await this.register(vm);
+        n++;
+      } catch (e) {
+        this.log.warn(`could not register ${vm.uuid} again: ${(e as Error).message}`);
+      }
+    }
+    return n;
+  }
+
+  private persist(): Promise<void> {
+    return this.registry.save([...this.vms.values()].map((e) => e.vm)).catch((e: Error) => this.log.warn(`VM registry not saved: ${e.message}`));
+  }
 
   /** Start answering peers. */
   async start(): Promise<PeerAddress> {
@@ -101,6 +130,7 @@ export class MigrationEngine implements MigrationService {
     });
     entry.vmstateArgs = helper.objectArgs;
     this.vms.set(vm.uuid, entry);
+    await this.persist();
     this.log.info('VM registered', { vm: vm.uuid, addresses: vm.addresses.length });
     return entry;
   }
@@ -111,6 +141,7 @@ export class MigrationEngine implements MigrationService {
     if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
     await this.vmstate.detach(id);
     this.vms.delete(id);
+    await this.persist();
   }
 
   private activeSession(uuid: string): SessionInfo | null {

@@ -8,6 +8,7 @@ import { NftablesBlocker } from '../nftables/nftables-blocker';
 import { loadCredentials } from '../peer/tls-credentials';
 import { TlsPeerPort } from '../peer/tls-peer-port';
 import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
+import { FileRegistryStore } from '../registry/file-registry-store';
 import { DaemonConfig } from '../../plugin/daemon-config';
 import { DaemonConfigToken, MigrationEngine } from '../../plugin/migration-engine';
 import { MigrationService } from '../../plugin/migration-service';
@@ -18,6 +19,7 @@ import { ConntrackPort } from '../../plugin/ports/conntrack-port';
 import { Log } from '../../plugin/ports/log-port';
 import { ManagerClient } from '../../plugin/ports/manager-client';
 import { PeerPort } from '../../plugin/ports/peer-port';
+import { RegistryStore } from '../../plugin/ports/registry-store';
 import { VmStatePort } from '../../plugin/ports/vmstate-port';
 import { StderrLog } from './stderr-log';
 
@@ -48,6 +50,7 @@ export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort,
   c.register<DaemonConfig>(DaemonConfigToken, { useValue: config });
   c.register<BlockerPort>(BlockerPort, { useValue: new NftablesBlocker() });
   c.register<VmStatePort>(VmStatePort, { useValue: vmstate });
+  c.register<RegistryStore>(RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
   let peers: PeerSetup;
   const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
   const given = Object.values(files).some((f) => f !== undefined);

@@ -12,7 +12,9 @@ import {
   vmstateArgsCommand,
   watchCommand,
 } from './commands/daemon-commands';
+import { checkCommand } from './commands/check';
 import { dumpCommand } from './commands/dump';
+import { enableVmCommand } from './commands/enable-vm';
 import { loadCommand } from './commands/load';
 import { buildContainer } from './composition-root';
 import { packageVersion } from './package-info';
@@ -30,7 +32,8 @@ const DAEMON_COMMANDS: Command[] = [
   watchCommand,
   vmstateArgsCommand,
 ];
-const COMMANDS: Command[] = [...KERNEL_COMMANDS, ...DAEMON_COMMANDS];
+const HOST_COMMANDS: Command[] = [enableVmCommand, checkCommand];
+const COMMANDS: Command[] = [...KERNEL_COMMANDS, ...DAEMON_COMMANDS, ...HOST_COMMANDS];
 const list = (cs: Command[]): string => cs.map((c) => `  ${c.name.padEnd(17)} ${c.summary}`).join('\n');
 
 const HELP = `Usage: ctmigratectl COMMAND [OPTIONS]
@@ -43,6 +46,9 @@ ${list(KERNEL_COMMANDS)}
 
 Daemon commands (talk to the local ctmigrated over the system bus):
 ${list(DAEMON_COMMANDS)}
+
+Host set-up (libvirt domains through virsh; diagnosis):
+${list(HOST_COMMANDS)}
 
 Options:
   -h, --help     show this help (or COMMAND --help for a command's)

@@ -48,6 +48,8 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   }
   const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
 
+  const restored = await engine.restore();
+  if (restored > 0) log.info('VMs registered again from the run dir', { vms: restored });
   if (peers.enabled) {
     try {
       await engine.start();

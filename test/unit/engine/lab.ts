@@ -1,4 +1,6 @@
 import 'reflect-metadata';
+import { RegistryStore } from '../../../plugin/ports/registry-store';
+import { FakeRegistry } from './fakes/fake-registry';
 import { container } from 'tsyringe';
 import { parseAddress } from '../../../plugin/address';
 import { DaemonConfig, defaultConfig } from '../../../plugin/daemon-config';
@@ -51,10 +53,18 @@ export interface Host {
   /** Kernel writes and drop changes, in order. */
   trace: string[];
   config: DaemonConfig;
+  registry: FakeRegistry;
 }
 
 /** A host whose engine is resolved from a child container with a fake at every port. */
-export async function startHost(net: FakeNetwork, clock: FakeClock, name: string, ip: string, settings: Partial<DaemonConfig> = {}): Promise<Host> {
+export async function startHost(
+  net: FakeNetwork,
+  clock: FakeClock,
+  name: string,
+  ip: string,
+  settings: Partial<DaemonConfig> = {},
+  registry: FakeRegistry = new FakeRegistry(),
+): Promise<Host> {
   const trace: string[] = [];
   const kernel = new FakeKernel();
   const conntrack = new FakeConntrack(kernel, trace);
@@ -79,11 +89,12 @@ export async function startHost(net: FakeNetwork, clock: FakeClock, name: string
   c.register(VmStatePort, { useValue: vmstate });
   c.register(Clock, { useValue: clock });
   c.register(Log, { useValue: log });
+  c.register(RegistryStore, { useValue: registry });
   const engine = c.resolve(MigrationEngine);
   const events: ServiceEvent[] = [];
   engine.subscribe((e) => events.push(e));
   const address = await engine.start();
-  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config };
+  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config, registry };
 }
 
 /** The states a host's session of `role` went through, from its state-changed events. */

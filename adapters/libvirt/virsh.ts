@@ -1,0 +1,68 @@
+// The domain's persistent definition, through the virsh client (enable-vm
+// edits what `virsh define` keeps; the hook never calls into libvirt).
+
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** virsh is absent or refused; the message says which and what to do. */
+export class VirshError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VirshError';
+  }
+}
+
+const TIMEOUT_MS = 30_000;
+
+export class Virsh {
+  /** `uri`: libvirt connection URI (virsh -c), default virsh's own. */
+  constructor(private readonly uri?: string) {}
+
+  /**
+   * The persistent XML, with secrets: without --security-info virsh leaves
+   * out passwords (VNC, SPICE), and defining that XML would erase them.
+   */
+  dumpInactiveXml(domain: string): Promise<string> {
+    return this.run(['dumpxml', '--inactive', '--security-info', domain]);
+  }
+
+  /** Replace the domain's persistent definition. */
+  async define(xml: string): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), 'ctmigrate-define-'));
+    try {
+      const file = join(dir, 'domain.xml');
+      await writeFile(file, xml, { mode: 0o600 });
+      await this.run(['define', file]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private run(args: string[]): Promise<string> {
+    const argv = this.uri ? ['-c', this.uri, ...args] : args;
+    return new Promise((resolve, reject) => {
+      const child = spawn('virsh', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout.on('data', (b: Buffer) => out.push(b));
+      child.stderr.on('data', (b: Buffer) => err.push(b));
+      const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
+      child.on('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(
+          e.code === 'ENOENT'
+            ? new VirshError('virsh not found on PATH: install libvirt-clients (enable-vm edits the domain through virsh)')
+            : new VirshError(`cannot run virsh: ${e.message}`),
+        );
+      });
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) return resolve(Buffer.concat(out).toString('utf8'));
+        const why = Buffer.concat(err).toString('utf8').trim().split('\n').filter((l) => l.trim() !== '')[0] ?? '';
+        reject(new VirshError(`virsh ${args[0]} failed (${signal ? `killed by ${signal}` : `exit ${code}`})${why ? `: ${why}` : ''}`));
+      });
+    });
+  }
+}
