@@ -308,6 +308,8 @@ export class MigrationEngine implements MigrationService {
     const d = this.destinations.get(id);
     if (s && !s.session.over) await s.finish(result);
     else if (d && !d.session.over) await d.finish(result);
+    // Closing as failed what already failed (and rolled back) is done, not an error.
+    else if (result === 'failed' && (s?.session.state === 'failed' || d?.session.state === 'failed')) return;
     else throw new Error(`VM ${id} has no open session on this host`);
   }
 

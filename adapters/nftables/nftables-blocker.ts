@@ -86,6 +86,18 @@ export class NftablesBlocker implements BlockerPort {
         return;
       }
       const action = `lift the drop for VM ${id}`;
+      if (this.desired !== undefined) {
+        // The cut-over path: the VM is paused until this returns, so no
+        // listing first. The transaction rebuilds our tables from the desired
+        // state whatever the kernel holds (it cannot fail on a flushed table),
+        // so one nft run does it.
+        if (!this.desired.has(id)) return;
+        const next = new Map(this.desired);
+        next.delete(id);
+        await this.write(next, action, 'the drop stays in place');
+        this.desired = next;
+        return;
+      }
       const { desired, kernel } = await this.load(action);
       const next = new Map(desired);
       next.delete(id);
