@@ -1,0 +1,202 @@
+// Hostile peers of a running ctmigrated, run inside a lab namespace
+// (`node hostile-peer.js CMD ...`). Each probe prints one line
+// "result {json}" saying what the daemon did to it, then exits.
+//
+//   no-key HOST PORT                 plain TCP, a Hello frame in clear text
+//   wrong-key HOST PORT KEYFILE      TLS with a key that is not the cluster's
+//   garbage HOST PORT KEYFILE        the right key, then random bytes
+//   oversize HOST PORT KEYFILE       the right key, a valid Hello, then a frame
+//                                    header announcing 64 MiB
+//   idle HOST PORT N HOLD_MS         N TCP sockets that never speak; prints
+//                                    "opened N" at once, the result after HOLD_MS
+//   fake-source ADDR PORT KEYFILE FOREIGN...
+//       a source that authenticates with the right key and answers a Start
+//       with an Offer and a snapshot holding one entry of the VM plus one
+//       entry for each FOREIGN address; prints "offered N", then holds the
+//       connection until stdin closes.
+
+import { randomBytes } from 'node:crypto';
+import { connect as tcpConnect, Socket } from 'node:net';
+import { connect as tlsConnect, TLSSocket } from 'node:tls';
+import { clientTlsOptions, loadCredentials, PeerCredentials } from '../../../adapters/peer/tls-credentials';
+import { TlsPeerPort } from '../../../adapters/peer/tls-peer-port';
+import { Scan } from '../../../plugin/connection-table';
+import { decodeJsonLines } from '../../../plugin/flow-json';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrameBytes, MessageKind, PeerRole, PROTOCOL_VERSION } from '../../../plugin/peer-protocol';
+import { PeerConnection } from '../../../plugin/ports/peer-port';
+import { encodeTableToBuffer } from '../../../plugin/snapshot-encoder';
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function fail(message: string): never {
+  process.stderr.write(`hostile-peer: ${message}\n`);
+  process.exit(2);
+}
+
+function port(s: string | undefined): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) fail(`bad port "${s}"`);
+  return n;
+}
+
+/** Resolves when the socket is closed by the other side (or after ms: false). */
+function closedWithin(s: Socket, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (s.destroyed) return resolve(true);
+    const t = setTimeout(() => resolve(false), ms);
+    s.once('close', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+function hello(): Buffer {
+  return encodeFrameBytes({ kind: MessageKind.Hello, protocol: PROTOCOL_VERSION, role: PeerRole.Destination, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES, hostId: 'hostile' });
+}
+
+async function noKey(host: string, p: number): Promise<void> {
+  const s = tcpConnect(p, host);
+  let received = 0;
+  s.on('data', (d: Buffer) => (received += d.length));
+  s.on('error', () => undefined);
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  s.write(hello());
+  s.write(randomBytes(512));
+  const closed = await closedWithin(s, 15_000);
+  say(`result ${JSON.stringify({ closed, received })}`);
+}
+
+/** A TLS client; resolves with whether the handshake passed and the socket. */
+function tlsClient(host: string, p: number, creds: PeerCredentials): Promise<{ ok: boolean; error: string; socket: TLSSocket }> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host, port: p, ...clientTlsOptions(creds) });
+    socket.once('secureConnect', () => resolve({ ok: true, error: '', socket }));
+    socket.once('error', (e) => resolve({ ok: false, error: e.message, socket }));
+  });
+}
+
+async function wrongKey(host: string, p: number, keyFile: string): Promise<void> {
+  const r = await tlsClient(host, p, loadCredentials({ pskFile: keyFile }));
+  // TLS 1.3: the client may think the handshake passed before the server's verdict arrives.
+  let received = 0;
+  r.socket.on('data', (d: Buffer) => (received += d.length));
+  r.socket.on('error', () => undefined);
+  if (r.ok) r.socket.write(hello());
+  const closed = r.ok ? await closedWithin(r.socket, 15_000) : true;
+  say(`result ${JSON.stringify({ handshake: r.ok, error: r.error, closed, received })}`);
+}
+
+async function rightKeyThen(host: string, p: number, keyFile: string, send: (s: TLSSocket) => void): Promise<void> {
+  const r = await tlsClient(host, p, loadCredentials({ pskFile: keyFile }));
+  if (!r.ok) fail(`the right key was refused: ${r.error}`);
+  r.socket.on('error', () => undefined);
+  r.socket.on('data', () => undefined);
+  send(r.socket);
+  const closed = await closedWithin(r.socket, 15_000);
+  say(`result ${JSON.stringify({ handshake: true, closed })}`);
+}
+
+async function idle(host: string, p: number, n: number, holdMs: number): Promise<void> {
+  const sockets: Socket[] = [];
+  let closedByServer = 0;
+  for (let i = 0; i < n; i++) {
+    const s = tcpConnect(p, host);
+    s.on('error', () => undefined);
+    s.on('close', () => (closedByServer += 1));
+    sockets.push(s);
+  }
+  await Promise.all(sockets.map((s) => new Promise<void>((r) => (s.connecting ? s.once('connect', () => r()).once('error', () => r()) : r()))));
+  say(`opened ${n}`);
+  await new Promise((r) => setTimeout(r, holdMs));
+  const open = sockets.filter((s) => !s.destroyed).length;
+  say(`result ${JSON.stringify({ opened: n, closedByServer, stillOpen: open })}`);
+  for (const s of sockets) s.destroy();
+}
+
+function entry(src: string, dst: string, sport: number, dport: number): string {
+  return JSON.stringify({
+    family: 'ipv4',
+    proto: 'tcp',
+    protonum: 6,
+    state: 'ESTABLISHED',
+    timeout: 600,
+    orig: { src, dst, sport, dport },
+    reply: { src: dst, dst: src, sport: dport, dport: sport },
+    status: ['SEEN_REPLY', 'ASSURED', 'CONFIRMED'],
+    mark: 0,
+  });
+}
+
+async function fakeSource(addr: string, p: number, keyFile: string, foreign: string[]): Promise<void> {
+  const peers = new TlsPeerPort({ credentials: loadCredentials({ pskFile: keyFile }), hostId: 'fake-source' });
+  const conns: PeerConnection[] = [];
+  await peers.listen({ host: addr, port: p }, (conn) => {
+    conns.push(conn);
+    void (async () => {
+      const start = await conn.receive(10_000);
+      if (start.kind !== MessageKind.Start) return conn.destroy();
+      const vmAddr = start.addresses[0] as string;
+      // One entry of the VM, then one per foreign address, each a flow the VM never had.
+      const lines = [entry('203.0.113.100', vmAddr, 41000, 7000), ...foreign.map((f, i) => entry('203.0.113.100', f, 42000 + i, 22))];
+      const decoded = await decodeJsonLines(lines.join('\n'), { maxEntries: 64 });
+      const table = decoded.table;
+      const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+      await conn.send({
+        kind: MessageKind.Offer,
+        sessionId: start.sessionId,
+        vm: start.vm,
+        addresses: start.addresses,
+        zone: start.zone,
+        mark: start.mark,
+        snapshotVersion: table.version,
+        announcedEntries: summary.entries,
+        resumeFrom: null,
+      });
+      await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes });
+      say(`offered ${summary.entries}`);
+    })().catch((e: Error) => say(`error ${e.message}`));
+  });
+  say(`ready ${p}`);
+  process.stdin.on('end', () => {
+    for (const c of conns) c.destroy();
+    process.exit(0);
+  });
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  const [cmd, a, b, c, d] = argv;
+  switch (cmd) {
+    case 'no-key':
+      return noKey(a ?? fail('HOST'), port(b));
+    case 'wrong-key':
+      return wrongKey(a ?? fail('HOST'), port(b), c ?? fail('KEYFILE'));
+    case 'garbage':
+      return rightKeyThen(a ?? fail('HOST'), port(b), c ?? fail('KEYFILE'), (s) => s.write(randomBytes(4096)));
+    case 'oversize':
+      return rightKeyThen(a ?? fail('HOST'), port(b), c ?? fail('KEYFILE'), (s) => {
+        s.write(hello());
+        const header = Buffer.alloc(5);
+        header.writeUInt32BE(64 << 20, 0);
+        header[4] = MessageKind.Start;
+        s.write(header);
+        s.write(randomBytes(256 * 1024));
+      });
+    case 'idle':
+      return idle(a ?? fail('HOST'), port(b), Number(c ?? fail('N')), Number(d ?? fail('HOLD_MS')));
+    case 'fake-source':
+      return fakeSource(a ?? fail('ADDR'), port(b), c ?? fail('KEYFILE'), argv.slice(4));
+    default:
+      fail(`unknown command "${cmd ?? ''}"`);
+  }
+}
+
+process.stdin.resume();
+main(process.argv.slice(2)).then(
+  () => {
+    if (process.argv[2] !== 'fake-source') process.exit(0);
+  },
+  (e: Error) => fail(e.message),
+);
