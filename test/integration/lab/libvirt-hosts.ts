@@ -17,11 +17,12 @@
 //     is bind-mounted on /var/log/libvirt (logs readable from outside);
 //   - a copy of /etc/hosts naming the host (libvirt resolves its own name;
 //     without it every lookup waits for an unreachable DNS server);
-//   - a copy of /etc/libvirt bind-mounted on /etc/libvirt: libvirtd.conf
-//     (TCP without auth on the host's address, a host UUID of its own),
-//     qemu.conf (user/group root, no security driver) and hooks/qemu.d/
-//     holding symlinks to the hooks under test. The real /etc/libvirt is
-//     never written;
+//   - a folder of its own bind-mounted on /etc/libvirt (fresh, not a copy
+//     of the machine's, whose domains, networks and hooks must stay out):
+//     libvirtd.conf (TCP without auth on the host's address, a host UUID of
+//     its own, logs to /var/log/libvirt/libvirtd.log), qemu.conf (user and
+//     group root, no security driver) and hooks/qemu.d/ holding symlinks to
+//     the hooks under test. The real /etc/libvirt is never written;
 //   - when the machine lacks the group `kvm` or the user and group
 //     `libvirt-qemu` (the QEMU driver refuses to start without them; Debian
 //     creates them only in libvirt-daemon-system), copies of /etc/passwd and
@@ -38,13 +39,13 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, cp, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { ExecOptions, ExecResult, Lab, LabProcess, NetNs, run } from './netns';
+import { Flows } from './flows';
+import { CTMIGRATECTL, CTMIGRATED } from './migration-lab';
+import { ExecOptions, ExecResult, Lab, LabProcess, NetNs } from './netns';
 
-/** dist/adapters/cli/*.js and the repo's hook, seen from dist/test/integration/lab/. */
-export const CTMIGRATECTL = join(__dirname, '..', '..', '..', 'adapters', 'cli', 'ctmigratectl.js');
-export const CTMIGRATED = join(__dirname, '..', '..', '..', 'adapters', 'cli', 'ctmigrated.js');
+/** The repo's hook, seen from dist/test/integration/lab/. */
 export const REPO_ROOT = resolve(__dirname, '..', '..', '..', '..');
 export const REPO_HOOK = join(REPO_ROOT, 'packaging', 'libvirt', 'qemu.d', 'ctmigrate');
 
@@ -333,9 +334,13 @@ export class LibvirtHost {
     const dir = await lab.tempDir(spec.name);
     await chmod(dir, 0o755);
     for (const sub of ['log', 'dbus', 'run']) await mkdir(join(dir, sub), { recursive: true });
+    // A fresh /etc/libvirt, not a copy of the machine's: a real installation's
+    // domain definitions (with autostart links), networks and hooks must not
+    // come to life inside the lab. Files left out mean libvirt's defaults.
     const etc = join(dir, 'etc-libvirt');
-    await cp('/etc/libvirt', etc, { recursive: true });
     await mkdir(join(etc, 'hooks', 'qemu.d'), { recursive: true });
+    await writeFile(join(etc, 'libvirt.conf'), '# ctmigrate libvirt lab: client defaults\n');
+    await writeFile(join(etc, 'virtlogd.conf'), '# ctmigrate libvirt lab: virtlogd defaults\n');
     for (const hook of spec.hooks ?? []) await symlink(hook, join(etc, 'hooks', 'qemu.d', basename(hook)));
     await writeFile(
       join(etc, 'libvirtd.conf'),
@@ -546,11 +551,6 @@ export async function createDomain(host: LibvirtHost, xml: string, name: string)
   await host.virshOk(['create', file]);
 }
 
-/** Runs a command and returns its stdout ('' on failure). */
-export async function stdoutOf(cmd: string, args: readonly string[]): Promise<string> {
-  const r = await run(cmd, args);
-  return r.code === 0 ? r.stdout : '';
-}
 
 // ---------------------------------------------------------------------------
 // The migration lab on two libvirt hosts: the network a VM's flows cross.
@@ -599,22 +599,6 @@ table inet ctm_lab_strict {
   }
 }
 `;
-
-/** Path of the compiled flow agent (lab/flow-agent.ts). */
-export const FLOW_AGENT = join(__dirname, 'flow-agent.js');
-
-/** What the flow agent's `report` prints. */
-export interface FlowReport {
-  flows: number;
-  kept: number;
-  broken: number;
-  closed: number;
-  opened: number;
-  echoes: number;
-  maxStallMs: number;
-  medianStallMs: number;
-  reasons: Record<string, number>;
-}
 
 /**
  * A TCP prober run in the client namespace: every 100 ms it opens a
@@ -715,18 +699,9 @@ export class LibvirtMigrationLab {
     return new LibvirtMigrationLab(lab, client, vmNet, a, b);
   }
 
-  /** The VM's echo server, in the VM's network. */
-  async startServer(): Promise<LabProcess> {
-    const p = this.lab.spawn(this.vmNet, process.execPath, [FLOW_AGENT, 'server', LAB_ADDR.vm, String(VM_PORT)]);
-    await p.waitFor(/ready \d+/);
-    return p;
-  }
-
-  /** K busy flows from the client to the VM (through A until the cut-over). */
-  async startFlows(k: number, breakMs = 5000): Promise<FlowClient> {
-    const p = this.lab.spawn(this.client, process.execPath, [FLOW_AGENT, 'client', LAB_ADDR.client, LAB_ADDR.vm, String(VM_PORT), String(k), String(breakMs)]);
-    await p.waitFor(new RegExp(`ready ${k}`), 60_000);
-    return new FlowClient(p);
+  /** The VM's echo server (in the VM's network) and K busy flows from the client, through A until the move. */
+  startFlows(k: number, breakMs = 5000): Promise<Flows> {
+    return Flows.start(this.lab, this.vmNet, this.client, { source: LAB_ADDR.client, server: LAB_ADDR.vm, port: VM_PORT, count: k, breakMs });
   }
 
   /** The prober: new connections to the VM through B, every 100 ms. */
@@ -744,34 +719,6 @@ export class LibvirtMigrationLab {
       this.vmNet.execOk('ip', ['-batch', '-'], { input: `route replace default via ${LAB_ADDR.gateway} dev eth-b onlink src ${LAB_ADDR.vm}\nlink set eth-a down\n` }),
       this.client.execOk('ip', ['route', 'replace', '192.0.2.0/24', 'via', LAB_ADDR.bToClient, 'src', LAB_ADDR.client]),
     ]);
-  }
-}
-
-/** The flow agent's client, driven through its stdin. */
-export class FlowClient {
-  constructor(readonly proc: LabProcess) {}
-
-  private async ask(command: string, answer: RegExp): Promise<RegExpMatchArray> {
-    const seen = (this.proc.stdout.match(new RegExp(answer.source, 'gm')) ?? []).length;
-    this.proc.send(command);
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const all = [...this.proc.stdout.matchAll(new RegExp(answer.source, 'gm'))];
-      if (all.length > seen) return all[all.length - 1] as RegExpMatchArray;
-      if (!this.proc.running) throw new Error(`flow client exited: ${this.proc.stderr.trim()}`);
-      if (Date.now() > deadline) throw new Error(`flow client did not answer "${command}"`);
-      await sleep(20);
-    }
-  }
-
-  /** Forget the gaps seen so far (start of the measured window). */
-  async mark(): Promise<void> {
-    await this.ask('mark', /^marked$/m);
-  }
-
-  async report(): Promise<FlowReport> {
-    const m = await this.ask('report', /^report (.*)$/m);
-    return JSON.parse(m[1] as string) as FlowReport;
   }
 }
 
