@@ -3,6 +3,7 @@
 // change and read back with `nft -j list`. Foreign tables are never named in
 // any command, so nothing the blocker does can touch them.
 
+import { flushVmElements } from './set-element-flush';
 import { Address } from '../../plugin/address';
 import { AF_INET, AF_INET6 } from '../../plugin/flow';
 import { BlockedVm, BlockerPort, ReconcileReport } from '../../plugin/ports/blocker-port';
@@ -25,7 +26,16 @@ export interface NftablesBlockerOptions extends NftProcessOptions {
    * frames pass only the bridge hooks unless br_netfilter is loaded.
    */
   readonly bridge?: boolean;
+  /**
+   * Lifts a drop without nft (see set-element-flush.ts); default: over
+   * netlink in this process's namespace, unless a runner or an exec prefix
+   * says nft runs elsewhere. null turns it off.
+   */
+  readonly quickLift?: QuickLift | null;
 }
+
+/** Remove a VM's addresses from its sets in every table, as one transaction; rejects if anything is off. */
+export type QuickLift = (vm: string, addresses: readonly Address[], families: readonly NftFamily[]) => Promise<void>;
 
 /** What the kernel holds of the blocker's tables; a family maps to undefined when its table is absent. */
 type KernelState = Map<NftFamily, KernelTable | undefined>;
@@ -36,6 +46,7 @@ const UNKNOWN_AFTER_TIMEOUT = 'the kernel applied the whole transaction or none 
 export class NftablesBlocker implements BlockerPort {
   private readonly run: NftRunner;
   private readonly families: readonly NftFamily[];
+  private readonly quickLift: QuickLift | null;
   /**
    * The desired state. Undefined until the first call, which adopts every VM
    * the kernel already has sets for: a restarted daemon never silently lifts
@@ -48,6 +59,8 @@ export class NftablesBlocker implements BlockerPort {
   constructor(options: NftablesBlockerOptions = {}) {
     this.run = options.runner ?? nftProcess(options);
     this.families = options.bridge === false ? ['inet'] : ALL_FAMILIES;
+    const local = options.runner === undefined && (options.execPrefix === undefined || options.execPrefix.length === 0);
+    this.quickLift = options.quickLift !== undefined ? options.quickLift : local ? (vm, addresses, families) => flushVmElements(vm, addresses, families) : null;
   }
 
   block(vm: string, addresses: readonly Address[]): Promise<void> {
@@ -87,13 +100,26 @@ export class NftablesBlocker implements BlockerPort {
       }
       const action = `lift the drop for VM ${id}`;
       if (this.desired !== undefined) {
-        // The cut-over path: the VM is paused until this returns, so no
-        // listing first. The transaction rebuilds our tables from the desired
-        // state whatever the kernel holds (it cannot fail on a flushed table),
-        // so one nft run does it.
-        if (!this.desired.has(id)) return;
+        // The cut-over path: the VM is paused until this returns. First the
+        // addresses leave the VM's sets in one netlink transaction (the rules
+        // then match nothing); the tables are rewritten with nft right after,
+        // off the pause. If the quick path fails (a flushed ruleset), one nft
+        // run rebuilds the tables from the desired state, which cannot fail
+        // on a missing table.
+        const addresses = this.desired.get(id);
+        if (addresses === undefined) return;
         const next = new Map(this.desired);
         next.delete(id);
+        if (this.quickLift) {
+          try {
+            await this.quickLift(id, addresses, this.families);
+            this.desired = next;
+            void this.serial(() => this.write(this.desired ?? next, `remove the emptied sets of VM ${id}`, 'the empty sets stay')).catch(() => undefined);
+            return;
+          } catch {
+            // fall through to nft
+          }
+        }
         await this.write(next, action, 'the drop stays in place');
         this.desired = next;
         return;
