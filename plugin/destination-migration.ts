@@ -1,11 +1,12 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
-import { L4, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag } from './flow';
+import { ExtFlag, L4, R_EXT, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag, X_PRESENT } from './flow';
+import { FlowView } from './flow-view';
 import { flowMatches, FlowFilter } from './flow-filter';
 import { CloseReason, MessageKind, OfferMessage, PeerMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
-import { ConntrackPort, WriteReport } from './ports/conntrack-port';
+import { ConntrackPort, WriteReport, WriteSelection } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { PeerConnection } from './ports/peer-port';
 import { ImportProgress, isReady, Readiness } from './readiness';
@@ -24,6 +25,22 @@ export interface DestinationSettings {
 
 const TCP_ESTABLISHED = 3;
 
+/**
+ * What the session did with one slot of its table (bits of `state`): whether
+ * a create under the slot's key went to the kernel, and which commit in
+ * progress (or to come) selects it.
+ */
+const enum Slot {
+  /** A create under this key was sent (whether the kernel took it or not): a rollback deletes it. */
+  Imported = 1,
+  /** Selected by the commit in progress: established TCP of the final delta. */
+  First = 2,
+  /** Selected by the commit in progress. */
+  Rest = 4,
+  /** A related entry of the snapshot: committed after the last chunk, when every master is in. */
+  Deferred = 8,
+}
+
 /** The final delta did not arrive in time (the only Load failure fail-open covers). */
 export class FinalTimeoutError extends Error {
   constructor(ms: number) {
@@ -38,14 +55,34 @@ export class FinalTimeoutError extends Error {
  * the change stream, commits each part to the kernel as it arrives, and at
  * the Final lifts the drop once the readiness policy is met.
  *
+ * The snapshot is committed chunk by chunk while it streams in: each chunk
+ * is decoded straight into the session table, and the entries it added are
+ * created at once, so kernel writes overlap with the network and with the
+ * source's encoding. A malformed entry is refused before anything after it
+ * is committed; the checksum covers the whole snapshot and is only known at
+ * its end (TLS protects the bytes in transit): if it does not match, the
+ * session fails and what was committed is removed again. Related entries
+ * (with a master) are held back to the end of the snapshot, since their
+ * master may come in a later chunk.
+ *
  * Only entries that involve the VM's own addresses (and zone, mark) are
  * accepted; the rest are counted as refused and never reach the kernel.
- * What was created is remembered in `imported`, so a failure removes
- * exactly that and nothing else.
+ * The session table holds every entry received (refused ones too, which are
+ * never written); `state` marks, slot by slot, which keys were created, so
+ * a failure removes exactly that and nothing else.
  */
 export class DestinationMigration {
   private readonly filter: FlowFilter;
-  private readonly imported: ConnectionTable;
+  /** The snapshot as decoded, then every accepted change: the session's view of the VM's entries. */
+  private readonly table: ConnectionTable;
+  /** Slot bits of `table` (see Slot). */
+  private readonly state: Uint8Array;
+  /** Slots of related snapshot entries waiting for the end of the snapshot. */
+  private deferred: number[] = [];
+  /** Slots below this were looked at by earlier snapshot parts. */
+  private scannedTo = 0;
+  /** Some create was sent (a rollback has something to remove). */
+  private anyImported = false;
   private readonly progress: ImportProgress = {
     snapshotApplied: false,
     finalApplied: false,
@@ -71,7 +108,9 @@ export class DestinationMigration {
     private readonly settings: DestinationSettings,
   ) {
     this.filter = vmFilter(vm);
-    this.imported = ConnectionTable.create({ capacity: settings.tableCapacity });
+    // Every snapshot entry may carry an extension; untouched capacity costs address space only.
+    this.table = ConnectionTable.create({ capacity: settings.tableCapacity, extCapacity: settings.tableCapacity });
+    this.state = new Uint8Array(this.table.capacity);
   }
 
   /** Ask for the state, wait for the Offer (errors here reach the caller of prepare-incoming). */
@@ -96,27 +135,47 @@ export class DestinationMigration {
 
   /** Take every message until the session ends; never throws (failures end the session). */
   async run(offer: OfferMessage): Promise<void> {
-    const snapshot = new SnapshotDecoder({ maxEntries: this.settings.tableCapacity });
+    const table = this.table;
+    const snapshot = new SnapshotDecoder({ maxEntries: this.settings.tableCapacity, staging: table });
+    /** Version of the session table up to which the snapshot is committed. */
+    let committedTo = table.version;
     let received = 0;
     let bytes = 0;
+    let refused = 0;
     try {
       for (;;) {
         const m: PeerMessage = await this.conn.receive();
+        // A failure from outside (abort, stop) may have rolled back meanwhile: never touch the table again.
+        if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
         if (m.kind === MessageKind.SnapshotChunk) {
+          // Throws on the first malformed entry, before anything after it is committed.
           snapshot.write(m.bytes);
           bytes += m.bytes.length;
-          if (m.last) {
-            const decoded = snapshot.end();
-            received += decoded.entries;
-            this.session.update({ received, bytes });
-            await this.apply(decoded.table, false);
-            this.progress.snapshotApplied = true;
-            this.session.update({ version: offer.snapshotVersion });
-            this.session.moveTo('streaming');
-            await this.conn.acknowledge(offer.snapshotVersion);
-            this.log.info('snapshot imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, committed: this.progress.committed });
-            await this.checkReady();
+          if (!m.last) {
+            refused += await this.applySnapshotPart(committedTo, table.version);
+            committedTo = table.version;
+            this.session.update({ bytes });
+            continue;
           }
+          const decoded = snapshot.end();
+          received += decoded.entries;
+          this.session.update({ received, bytes });
+          refused += await this.applySnapshotPart(committedTo, table.version);
+          committedTo = table.version;
+          if (refused > 0) this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
+          // Every master of the snapshot is in: now its related entries.
+          if (this.deferred.length > 0) {
+            // A key that came twice may be listed twice; it is created once.
+            const related = [...new Set(this.deferred)];
+            this.deferred = [];
+            await this.commit(0, table.version, Slot.Deferred, related);
+          }
+          this.progress.snapshotApplied = true;
+          this.session.update({ version: offer.snapshotVersion });
+          this.session.moveTo('streaming');
+          await this.conn.acknowledge(offer.snapshotVersion);
+          this.log.info('snapshot imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, committed: this.progress.committed });
+          await this.checkReady();
         } else if (m.kind === MessageKind.Changes || m.kind === MessageKind.Final) {
           if (!this.progress.snapshotApplied) throw new Error(`source sent ${MessageKind[m.kind]} before the snapshot ended`);
           if (m.kind === MessageKind.Final) {
@@ -164,61 +223,143 @@ export class DestinationMigration {
   }
 
   /**
-   * Commit a decoded part: live entries of the VM are created (or replace),
-   * tombstones delete what we imported before. Established TCP entries go
-   * first in the final delta, so `tcp-established` readiness can lift the
-   * drop before the rest.
+   * Commit what the snapshot decoder added to the session table in (from,
+   * upTo]: entries of the VM are created (straight from the table, no copy),
+   * related ones are held back for the end of the snapshot, the rest is
+   * refused. Returns how many were refused.
+   */
+  private async applySnapshotPart(from: number, upTo: number): Promise<number> {
+    if (upTo <= from) return 0;
+    const t = this.table;
+    const st = this.state;
+    const rest: number[] = [];
+    let gone: ConnectionTable | null = null;
+    let refused = 0;
+    // The decoder puts new keys into fresh slots, one version each: look past
+    // what earlier parts reached, and scan the whole table only if that does
+    // not account for every version (a key that came again, a deletion).
+    const cur = t.cursor().reset(Scan.Delta, from, upTo);
+    cur.slot = this.scannedTo - 1;
+    const found: number[] = [];
+    while (cur.next()) found.push(cur.slot);
+    this.scannedTo = cur.slot;
+    if (found.length !== upTo - from) {
+      found.length = 0;
+      cur.reset(Scan.Delta, from, upTo);
+      while (cur.next()) found.push(cur.slot);
+    }
+    const v = new FlowView(t.u8, t.u16, t.u32);
+    for (const s of found) {
+      const rec = t.recordOffset(s);
+      const ext = t.u32[(rec + R_EXT) >> 2];
+      v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1));
+      if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) {
+        // A deletion inside a snapshot stream: take out what this session created under the key.
+        if ((st[s] & Slot.Imported) !== 0) (gone ??= ConnectionTable.create({ capacity: Math.max(16, upTo - from) })).upsert(v);
+        st[s] = 0;
+        continue;
+      }
+      if (!flowMatches(this.filter, v)) {
+        refused++;
+        // An earlier version under the same key may be in the kernel already: it stays ours to remove.
+        st[s] &= Slot.Imported;
+        continue;
+      }
+      if (ext !== 0 && (t.u32[(t.extOffset(ext - 1) + X_PRESENT) >> 2] & ExtFlag.Master) !== 0) {
+        st[s] = (st[s] & Slot.Imported) | Slot.Deferred;
+        this.deferred.push(s);
+        continue;
+      }
+      st[s] = (st[s] & Slot.Imported) | Slot.Rest;
+      rest.push(s);
+    }
+    if (refused > 0) this.session.update({ refused: this.session.info.refused + refused });
+    if (gone) await this.removeGone(gone);
+    if (rest.length > 0) await this.commit(from, upTo, Slot.Rest, rest);
+    return refused;
+  }
+
+  /**
+   * Commit a decoded change set: live entries of the VM go into the session
+   * table and are created (or replace), tombstones delete what we imported
+   * under their key. Established TCP entries go first in the final delta,
+   * so `tcp-established` readiness can lift the drop before the rest.
    */
   private async apply(staged: ConnectionTable, final: boolean): Promise<void> {
-    const n = Math.max(16, staged.size + staged.tombstones);
-    const first = ConnectionTable.create({ capacity: n });
-    const rest = ConnectionTable.create({ capacity: n });
-    const gone = ConnectionTable.create({ capacity: n });
+    const t = this.table;
+    const st = this.state;
+    const from = t.version;
+    const first: number[] = [];
+    const rest: number[] = [];
+    let gone: ConnectionTable | null = null;
     let refused = 0;
     const cur = staged.cursor().reset(Scan.Delta, 0, staged.version);
     const v = cur.view;
     while (cur.next()) {
+      if ((v.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) {
+        // Only what this session created under the key is deleted: never an entry B had of its own.
+        const s = t.find(v);
+        if (s >= 0 && (st[s] & Slot.Imported) !== 0) {
+          (gone ??= ConnectionTable.create({ capacity: Math.max(16, staged.tombstones) })).upsert(v);
+          t.remove(v);
+          st[s] = 0;
+        } else if (!flowMatches(this.filter, v)) refused++;
+        continue;
+      }
       if (!flowMatches(this.filter, v)) {
         refused++;
         continue;
       }
-      if ((v.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) {
-        if (this.imported.remove(v) >= 0) gone.upsert(v);
-        continue;
-      }
       const established = v.u8[v.rec + R_L4PROTO] === L4.TCP && v.u8[v.rec + R_PROTO_STATE] === TCP_ESTABLISHED && (v.u8[v.rec + R_FLAGS] & RecordFlag.HasProtoInfo) !== 0;
-      (final && established ? first : rest).upsert(v);
+      const s = t.upsert(v);
+      if (final && established) {
+        st[s] = (st[s] & Slot.Imported) | Slot.First;
+        first.push(s);
+      } else {
+        st[s] = (st[s] & Slot.Imported) | Slot.Rest;
+        rest.push(s);
+      }
     }
-    // The import table only needs live entries; free its tombstones now and
-    // then (a scan of the table) so heavy churn cannot fill it.
-    if (this.imported.tombstones > 4096 && this.imported.tombstones > this.imported.size >> 3) this.imported.reclaim(this.imported.version);
+    const upTo = t.version;
+    // Deleted keys stay as tombstones; free them now and then (a scan of the
+    // table) so heavy churn cannot fill it. Their slots hold nothing of ours.
+    if (t.tombstones > 4096 && t.tombstones > t.size >> 3) t.reclaim(upTo);
     if (refused > 0) {
       this.session.update({ refused: this.session.info.refused + refused });
       this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
     }
-    if (gone.size > 0) {
-      const r = await this.conntrack.remove({ table: gone });
-      const real = r.failures.filter((f) => f.code !== 'ENOENT');
-      for (const f of real) this.log.warn(`could not delete ${f.flow}: ${f.reason}`, { vm: this.vm.uuid });
-    }
-    if (first.size > 0) {
-      await this.commit(first);
+    if (gone) await this.removeGone(gone);
+    if (first.length > 0) {
+      await this.commit(from, upTo, Slot.First, first);
       this.progress.finalEstablishedApplied = true;
       await this.checkReady();
     } else if (final) this.progress.finalEstablishedApplied = true;
-    if (rest.size > 0) await this.commit(rest);
+    if (rest.length > 0) await this.commit(from, upTo, Slot.Rest, rest);
   }
 
-  private async commit(part: ConnectionTable): Promise<void> {
+  private async removeGone(gone: ConnectionTable): Promise<void> {
+    const r = await this.conntrack.remove({ table: gone });
+    const real = r.failures.filter((f) => f.code !== 'ENOENT');
+    for (const f of real) this.log.warn(`could not delete ${f.flow}: ${f.reason}`, { vm: this.vm.uuid });
+  }
+
+  /**
+   * Create the session table's records in (from, upTo] whose slot carries
+   * `mark` (`slots` lists them); they count as imported once the create
+   * returns.
+   */
+  private async commit(from: number, upTo: number, mark: Slot, slots: number[]): Promise<void> {
     if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
-    const report: WriteReport = await this.conntrack.create({ table: part });
+    const st = this.state;
+    const selection: WriteSelection = { table: this.table, from, upTo, slots, filter: (_v: FlowView, s: number) => (st[s] & mark) !== 0 };
+    const report: WriteReport = await this.conntrack.create(selection);
     if (this.ended) {
       // The session failed while this part was on its way in; the rollback did not know of it.
-      await this.conntrack.remove({ table: part }).catch((e: Error) => this.log.error(`could not remove entries imported during the rollback: ${e.message}`, { vm: this.vm.uuid }));
+      await this.conntrack.remove(selection).catch((e: Error) => this.log.error(`could not remove entries imported during the rollback: ${e.message}`, { vm: this.vm.uuid }));
       throw new Error(`session ${this.session.id} ended during a commit; its entries were removed`);
     }
-    const cur = part.cursor().reset(Scan.Snapshot, 0, part.version);
-    while (cur.next()) this.imported.upsert(cur.view);
+    for (const s of slots) if ((st[s] & mark) !== 0) st[s] = (st[s] & ~mark) | Slot.Imported;
+    this.anyImported = true;
     this.progress.committed += report.created + report.replaced;
     for (const f of report.failures.slice(0, 10)) this.log.warn(`kernel refused ${f.flow}: ${f.reason}`, { vm: this.vm.uuid, session: this.session.id });
     if (report.failures.length > 10) this.log.warn(`kernel refused ${report.failures.length - 10} more entries`, { vm: this.vm.uuid });
@@ -316,8 +457,9 @@ export class DestinationMigration {
     if (this.rolledBack) return;
     this.rolledBack = true;
     this.cancelTimeout?.();
-    if (this.imported.size > 0) {
-      const r = await this.conntrack.remove({ table: this.imported });
+    if (this.anyImported) {
+      const st = this.state;
+      const r = await this.conntrack.remove({ table: this.table, filter: (_v, s) => (st[s] & Slot.Imported) !== 0 });
       this.log.info('imported entries removed', { vm: this.vm.uuid, session: this.session.id, deleted: r.deleted });
     }
     await this.blocker.unblock(this.vm.uuid).catch((e: Error) => this.log.error(`could not lift the drop: ${e.message}`, { vm: this.vm.uuid }));

@@ -11,9 +11,9 @@
  *   idle port holds no file descriptor and does not keep Node alive.
  */
 import { ConnectionTable, Scan } from '../../plugin/connection-table';
-import { ExtFlag, R_EXT, R_VERSION_HI, R_VERSION_LO, X_PRESENT } from '../../plugin/flow';
+import { ExtFlag, R_EXT, R_FLAGS, R_VERSION_HI, R_VERSION_LO, RecordFlag, X_PRESENT } from '../../plugin/flow';
 import { FlowFilter, flowMatches } from '../../plugin/flow-filter';
-import { FlowRecord } from '../../plugin/flow-view';
+import { FlowRecord, FlowView } from '../../plugin/flow-view';
 import { ConntrackPort, DumpStats, WriteReport, WriteSelection } from '../../plugin/ports/conntrack-port';
 import { NetlinkFormatError } from './attributes';
 import { BulkWriter, DEFAULT_BATCH } from './bulk-writer';
@@ -126,16 +126,45 @@ function versionAt(t: ConnectionTable, slot: number): number {
   return t.u32[(rec + R_VERSION_LO) >> 2] + t.u16[(rec + R_VERSION_HI) >> 1] * 0x1_0000_0000;
 }
 
-/** Live slots of a selection, split into entries without and with a master. */
+/**
+ * Live slots of a selection (version in (from, upTo], chosen by its filter,
+ * among its slots when it names them), split into entries without and with
+ * a master.
+ */
 export function liveSlots(selection: WriteSelection): { plain: number[]; related: number[] } {
   const t = selection.table;
-  const cur = t.cursor().reset(Scan.Snapshot, 0, selection.upTo ?? t.version);
+  const from = selection.from ?? 0;
+  const upTo = selection.upTo ?? t.version;
+  const filter = selection.filter;
   const plain: number[] = [];
   const related: number[] = [];
-  while (cur.next()) {
-    const ext = t.u32[(cur.view.rec + R_EXT) >> 2];
+  const take = (v: FlowView, slot: number): void => {
+    if (filter && !filter(v, slot)) return;
+    const ext = t.u32[(v.rec + R_EXT) >> 2];
     const isRelated = ext !== 0 && (t.u32[(t.extOffset(ext - 1) + X_PRESENT) >> 2] & ExtFlag.Master) !== 0;
-    (isRelated ? related : plain).push(cur.slot);
+    (isRelated ? related : plain).push(slot);
+  };
+  if (selection.slots) {
+    const v = new FlowView(t.u8, t.u16, t.u32);
+    const list = selection.slots;
+    for (let i = 0; i < list.length; i++) {
+      const slot = list[i];
+      if (!(slot >= 0 && slot < t.capacity)) continue;
+      const rec = t.recordOffset(slot);
+      if ((t.u8[rec + R_FLAGS] & RecordFlag.Live) === 0) continue;
+      const version = versionAt(t, slot);
+      if (version <= from || version > upTo) continue;
+      const ext = t.u32[(rec + R_EXT) >> 2];
+      take(v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1)), slot);
+    }
+    return { plain, related };
+  }
+  const cur = t.cursor().reset(from > 0 ? Scan.Delta : Scan.Snapshot, from, upTo);
+  const v = cur.view;
+  while (cur.next()) {
+    // A delta scan also yields tombstones: only live records are written.
+    if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) continue;
+    take(v, cur.slot);
   }
   return { plain, related };
 }

@@ -1,5 +1,6 @@
 import { ConnectionTable } from '../connection-table';
 import { FlowFilter } from '../flow-filter';
+import { FlowView } from '../flow-view';
 
 /** What one write of many entries did, entry by entry. */
 export interface WriteReport {
@@ -30,11 +31,25 @@ export interface DumpStats {
   kernelFilters: string[];
 }
 
-/** Which records of a table to write. */
+/** Which records of a table to write: its live records with version in (from, upTo] that the filter selects. */
 export interface WriteSelection {
   table: ConnectionTable;
   /** Up to which version (inclusive); default: the table's current version. */
   upTo?: number;
+  /** Only records with a version above this (exclusive); default 0: every live record up to upTo. */
+  from?: number;
+  /**
+   * Only the records this selects. Called once per live record in the range,
+   * with its table slot, while the selection is made (before anything is
+   * written); it must not write the table.
+   */
+  filter?: (v: FlowView, slot: number) => boolean;
+  /**
+   * Only look at these slots (each still has to be live, in the version
+   * range and chosen by the filter): a writer that knows where its records
+   * are spares a scan of a big table for a small part of it.
+   */
+  slots?: ArrayLike<number>;
 }
 
 /**

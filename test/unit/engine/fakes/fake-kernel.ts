@@ -1,6 +1,30 @@
 import { formatAddress } from '../../../../plugin/address';
 import { ConnectionTable, Scan } from '../../../../plugin/connection-table';
-import { R_FLAGS, R_NEXT, R_REPLY_DST, R_REPLY_SRC, R_SEQ, R_VERSION_HI, R_VERSION_LO, RecordFlag } from '../../../../plugin/flow';
+import {
+  ExtFlag,
+  R_EXT,
+  R_FAMILY,
+  R_FLAGS,
+  R_L4PROTO,
+  R_NEXT,
+  R_ORIG_DPORT,
+  R_ORIG_DST,
+  R_ORIG_SPORT,
+  R_ORIG_SRC,
+  R_REPLY_DST,
+  R_REPLY_SRC,
+  R_SEQ,
+  R_VERSION_HI,
+  R_VERSION_LO,
+  R_ZONE,
+  RecordFlag,
+  X_MASTER_DPORT,
+  X_MASTER_DST,
+  X_MASTER_FAMILY,
+  X_MASTER_L4PROTO,
+  X_MASTER_SPORT,
+  X_MASTER_SRC,
+} from '../../../../plugin/flow';
 import { flowMatches } from '../../../../plugin/flow-filter';
 import { describeFlow } from '../../../../plugin/flow-text';
 import { FlowRecord, FlowView } from '../../../../plugin/flow-view';
@@ -128,6 +152,11 @@ export class FakeConntrack implements ConntrackPort {
         report.failures.push(failure(slot, v, 'EINVAL', 'refused by the fake kernel'));
         return;
       }
+      // As the kernel does: a related entry needs its master in the table first.
+      if (v.hasExt(ExtFlag.Master) && !this.kernel.has(masterOf(v))) {
+        report.failures.push(failure(slot, v, 'ENOENT', 'master entry missing (the related entry needs its master first)'));
+        return;
+      }
       if (this.kernel.has(v)) report.replaced++;
       else report.created++;
       this.kernel.put(v);
@@ -150,11 +179,51 @@ export class FakeConntrack implements ConntrackPort {
     return report;
   }
 
+  /** The selection as the real port makes it: live records in (from, upTo] that the filter selects (among its slots), masters first. */
   private each(selection: WriteSelection, fn: (v: FlowView, slot: number) => void): void {
     const t = selection.table;
-    const cur = t.cursor().reset(Scan.Snapshot, 0, selection.upTo ?? t.version);
-    while (cur.next()) fn(cur.view, cur.slot);
+    const from = selection.from ?? 0;
+    const upTo = selection.upTo ?? t.version;
+    const candidates: number[] = [];
+    if (selection.slots) candidates.push(...Array.from(selection.slots));
+    else {
+      const cur = t.cursor().reset(Scan.Delta, from, upTo);
+      while (cur.next()) candidates.push(cur.slot);
+    }
+    const plain: number[] = [];
+    const related: number[] = [];
+    for (const slot of candidates) {
+      const v = this.at(t, slot);
+      if ((v.flags & RecordFlag.Live) === 0 || v.version <= from || v.version > upTo) continue;
+      if (selection.filter && !selection.filter(v, slot)) continue;
+      (v.hasExt(ExtFlag.Master) ? related : plain).push(slot);
+    }
+    for (const slot of [...plain, ...related]) fn(this.at(t, slot), slot);
   }
+
+  private at(t: ConnectionTable, slot: number): FlowView {
+    const rec = t.recordOffset(slot);
+    const ext = t.u32[(rec + R_EXT) >> 2];
+    return new FlowView(t.u8, t.u16, t.u32).at(rec, ext === 0 ? -1 : t.extOffset(ext - 1));
+  }
+}
+
+/** The master's identity (original tuple, in the related entry's zone) from a related entry's extension. */
+export function masterOf(v: FlowView): FlowRecord {
+  const m = new FlowRecord();
+  m.setU8(R_FAMILY, v.extU8(X_MASTER_FAMILY));
+  m.setU8(R_L4PROTO, v.extU8(X_MASTER_L4PROTO));
+  for (let i = 0; i < 16; i++) {
+    m.u8[R_ORIG_SRC + i] = v.extU8(X_MASTER_SRC + i);
+    m.u8[R_ORIG_DST + i] = v.extU8(X_MASTER_DST + i);
+  }
+  m.setU16(R_ORIG_SPORT, v.extU16(X_MASTER_SPORT));
+  m.setU16(R_ORIG_DPORT, v.extU16(X_MASTER_DPORT));
+  if (v.hasFlag(RecordFlag.HasZone)) {
+    m.setU16(R_ZONE, v.zone);
+    m.setFlag(RecordFlag.HasZone);
+  }
+  return m;
 }
 
 function failure(slot: number, v: FlowView, code: string, reason: string): WriteFailure {

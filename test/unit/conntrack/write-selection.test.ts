@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { liveSlots } from '../../../adapters/conntrack/conntrack-netlink';
+import { ConnectionTable } from '../../../plugin/connection-table';
+import { ExtFlag, L4 } from '../../../plugin/flow';
+import { FlowRecord } from '../../../plugin/flow-view';
+import { makeFlow } from '../table/flow-builder';
+
+const rec = new FlowRecord();
+function flow(sport: number, master = false): FlowRecord {
+  const r = makeFlow(rec, L4.TCP, '192.0.2.1', sport, '198.51.100.2', 22);
+  if (master) r.addExt(ExtFlag.Master);
+  return r;
+}
+
+describe('ConntrackNetlink write selection (liveSlots)', () => {
+  let t: ConnectionTable;
+  let slots: number[];
+  beforeEach(() => {
+    t = ConnectionTable.create({ capacity: 64 });
+    // Slots 0..5, versions 1..6; slot 1 is related (has a master); slot 3 is deleted afterwards (version 7).
+    slots = [1000, 1001, 1002, 1003, 1004, 1005].map((p) => t.upsert(flow(p, p === 1001)));
+    t.remove(flow(1003));
+  });
+
+  it('without from/filter: every live record up to upTo, related ones last', () => {
+    assert.deepEqual(liveSlots({ table: t }), { plain: [0, 2, 4, 5], related: [1] });
+    assert.deepEqual(liveSlots({ table: t, upTo: 3 }), { plain: [0, 2], related: [1] });
+  });
+
+  it('from: only records with a version in (from, upTo], never tombstones', () => {
+    assert.deepEqual(liveSlots({ table: t, from: 2 }), { plain: [2, 4, 5], related: [] });
+    assert.deepEqual(liveSlots({ table: t, from: 1, upTo: 4 }), { plain: [2], related: [1] });
+    assert.deepEqual(liveSlots({ table: t, from: 6 }), { plain: [], related: [] }, 'the deletion at version 7 is no write');
+  });
+
+  it('filter: only the records it selects, given their slot', () => {
+    const asked: number[] = [];
+    const sel = liveSlots({
+      table: t,
+      filter: (v, slot) => {
+        asked.push(slot);
+        return v.origSport % 2 === 0 || slot === 1;
+      },
+    });
+    assert.deepEqual(sel, { plain: [0, 2, 4], related: [1] });
+    assert.deepEqual(asked, [0, 1, 2, 4, 5], 'asked once per live record in range');
+    assert.deepEqual(liveSlots({ table: t, from: 3, filter: (v) => v.origSport !== 1004 }), { plain: [5], related: [] });
+  });
+
+  it('slots: only those slots, still checked for life, range and filter', () => {
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 3, 0] }), { plain: [5, 0], related: [1] });
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 0], from: 1, upTo: 5 }), { plain: [], related: [1] });
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 4, 2, 63, -1], filter: (_v, s) => s !== 4 }), { plain: [5, 2], related: [] });
+    assert.equal(slots.length, 6);
+  });
+});
