@@ -14,6 +14,7 @@ import { VmStatePort } from './ports/vmstate-port';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
 import { SourceMigration } from './source-migration';
+import { VmTracker } from './vm-tracker';
 import { parseVmUuid, VmSpec } from './vm';
 import { decodeReference, encodeReference } from './vmstate-reference';
 
@@ -33,6 +34,7 @@ const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 @injectable()
 export class MigrationEngine implements MigrationService {
   private readonly vms = new Map<string, RegisteredVm>();
+  private readonly trackers = new Map<string, VmTracker>();
   private readonly sources = new Map<string, SourceMigration>();
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
@@ -93,6 +95,8 @@ export class MigrationEngine implements MigrationService {
     for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
     for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
+    for (const t of this.trackers.values()) await t.stop();
+    this.trackers.clear();
     await this.listener?.close();
   }
 
@@ -129,6 +133,7 @@ export class MigrationEngine implements MigrationService {
       load: (blob) => this.load(vm.uuid, blob),
     });
     entry.vmstateArgs = helper.objectArgs;
+    this.track(vm);
     this.vms.set(vm.uuid, entry);
     await this.persist();
     this.log.info('VM registered', { vm: vm.uuid, addresses: vm.addresses.length });
@@ -140,8 +145,23 @@ export class MigrationEngine implements MigrationService {
     const live = this.activeSession(id);
     if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
     await this.vmstate.detach(id);
+    await this.trackers.get(id)?.stop();
+    this.trackers.delete(id);
     this.vms.delete(id);
     await this.persist();
+  }
+
+  /**
+   * Keep the VM's entries current from now on (a tracker per registered
+   * VM). A re-registration with other addresses, zone or mark starts over.
+   */
+  private track(vm: VmSpec): VmTracker {
+    const old = this.trackers.get(vm.uuid);
+    if (old && sameSpec(old.vm, vm)) return old;
+    if (old) void old.stop();
+    const t = new VmTracker(vm, this.feeds, this.clock, this.log, this.config.tableCapacity);
+    this.trackers.set(vm.uuid, t);
+    return t;
   }
 
   private activeSession(uuid: string): SessionInfo | null {
@@ -281,7 +301,16 @@ export class MigrationEngine implements MigrationService {
     const session = new Session('source', vm.uuid, '', this.clock, this.emit, start.sessionId);
     session.update({ peer: formatPeerAddress(conn.remote) });
     this.emit({ kind: 'session-added', session: session.snapshot() });
-    const migration = new SourceMigration(session, vm, conn, this.feeds, this.conntrack, this.clock, this.log, {
+    let tracker = this.trackers.get(vm.uuid) ?? this.track(vm);
+    try {
+      await tracker.ready();
+    } catch {
+      // The feed died (kernel, table full): start over for this session.
+      await tracker.stop();
+      this.trackers.delete(vm.uuid);
+      tracker = this.track(vm);
+    }
+    const migration = new SourceMigration(session, vm, conn, tracker, this.conntrack, this.clock, this.log, {
       tableCapacity: this.config.tableCapacity,
       changeIntervalMs: this.config.changeIntervalMs,
     });
@@ -377,4 +406,15 @@ export class MigrationEngine implements MigrationService {
       throw e;
     }
   }
+}
+
+/** Same addresses (in any order), zone and mark. */
+function sameSpec(a: VmSpec, b: VmSpec): boolean {
+  const key = (v: VmSpec): string =>
+    JSON.stringify([
+      v.addresses.map((x) => Buffer.from(x.bytes).toString('hex')).sort(),
+      v.zone ?? null,
+      v.mark ?? null,
+    ]);
+  return key(a) === key(b);
 }

@@ -2,13 +2,14 @@ import { createHash } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
 import { CloseReason, MessageKind, StartMessage } from './peer-protocol';
 import { Clock } from './ports/clock';
-import { ConnectionFeed, Feed } from './ports/connection-feed';
+import { Feed } from './ports/connection-feed';
 import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { PeerConnection } from './ports/peer-port';
 import { Session } from './session';
 import { DEFAULT_CHUNK_BYTES, encodeTable, encodeTableToBuffer } from './snapshot-encoder';
-import { VmSpec, vmFilter } from './vm';
+import { VmSpec } from './vm';
+import { VmTracker } from './vm-tracker';
 import { VmStateReference } from './vmstate-reference';
 
 export interface SourceSettings {
@@ -40,7 +41,7 @@ export class SourceMigration {
     readonly session: Session,
     readonly vm: VmSpec,
     private readonly conn: PeerConnection,
-    private readonly feeds: ConnectionFeed,
+    private readonly tracker: VmTracker,
     private readonly conntrack: ConntrackPort,
     private readonly clock: Clock,
     private readonly log: Log,
@@ -69,16 +70,16 @@ export class SourceMigration {
   }
 
   private async shipSnapshot(request: StartMessage): Promise<void> {
-    const table = ConnectionTable.create({ capacity: this.settings.tableCapacity });
+    // The VM's table has been kept current since it was registered: no dump here.
+    await this.tracker.ready();
+    const table = this.tracker.table;
+    const feed = this.tracker.feed;
     this.table = table;
-    const feed = this.feeds.start(table, {
-      filter: vmFilter(this.vm),
-      follow: true,
-      onWarning: (m) => this.log.warn(m, { vm: this.vm.uuid, session: this.session.id }),
-    });
     this.feed = feed;
-    await feed.ready;
+    this.tracker.busy = true;
     const v0 = await feed.sync();
+    // Tombstones older than the snapshot are of no use to this session.
+    await feed.reclaim(v0);
     await this.conn.send({
       kind: MessageKind.Offer,
       sessionId: request.sessionId,
@@ -233,6 +234,7 @@ export class SourceMigration {
       // The peer is gone already.
     }
     await this.conn.close().catch(() => undefined);
-    await this.feed?.stop().catch(() => undefined);
+    // The tracker (and its feed) belongs to the registration, not to the session.
+    this.tracker.busy = false;
   }
 }

@@ -86,7 +86,10 @@ describe('migration engine: a VM migrates from host A to host B', () => {
     assert.deepEqual(statePath(b, 'destination'), ['preparing', 'precopy', 'streaming', 'cutover', 'ready']);
     assert.equal(eventKinds(b).filter((k) => k === 'ready').length, 1);
     assert.ok(!eventKinds(a).includes('failed') && !eventKinds(b).includes('failed'));
-    assert.ok(a.feeds.started.every((f) => f.stopped), "A's feed stops with the session");
+    assert.equal(a.feeds.started.length, 1, "A tracks the VM with one feed from registration on");
+    assert.ok(a.feeds.started.every((f) => !f.stopped), "the feed belongs to the registration, not the session");
+    await a.engine.unregister(VM_UUID);
+    assert.ok(a.feeds.started.every((f) => f.stopped), "unregistering stops it");
   });
 
   it('without vmstate, cut-over ships the delta on the peer channel and B stays blocked until it lands', async () => {
