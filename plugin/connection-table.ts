@@ -398,6 +398,17 @@ export class ConnectionTable {
     return Atomics.load(this.header, H_TOMBSTONES);
   }
 
+  /**
+   * Writer side: the version the entry had before the last upsert(), or -1
+   * when that upsert inserted a new key. Lets a dump count entries it saw
+   * first without a second hash lookup per entry.
+   */
+  previousVersion = -1;
+
+  private versionAt(rec: number): number {
+    return this.u32[(rec + R_VERSION_LO) >> 2] + this.u16[(rec + R_VERSION_HI) >> 1] * 0x1_0000_0000;
+  }
+
   recordOffset(slot: number): number {
     return this.recordsBase + slot * RECORD_BYTES;
   }
@@ -444,7 +455,10 @@ export class ConnectionTable {
    */
   upsert(src: FlowView): number {
     let slot = this.find(src);
-    if (slot < 0) slot = this.allocate(src);
+    if (slot < 0) {
+      slot = this.allocate(src);
+      this.previousVersion = -1;
+    } else this.previousVersion = this.versionAt(this.recordOffset(slot));
     const rec = this.recordOffset(slot);
     const wasLive = (this.u8[rec + R_FLAGS] & RecordFlag.Live) !== 0;
     const wasTomb = (this.u8[rec + R_FLAGS] & RecordFlag.Tombstone) !== 0;

@@ -1,21 +1,11 @@
 import { formatAddress } from './address';
 import { hasPorts, isIcmp, R_FLAGS, R_ORIG_DST, R_ORIG_SRC, RecordFlag } from './flow';
+import { PROTO_NAMES } from './flow-json';
 import { FlowView } from './flow-view';
 
-const PROTO_NAMES: Record<number, string> = {
-  1: 'icmp',
-  6: 'tcp',
-  17: 'udp',
-  33: 'dccp',
-  47: 'gre',
-  58: 'icmpv6',
-  132: 'sctp',
-  136: 'udplite',
-};
-
-/** Name of an IP protocol as conntrack prints it, or its number. */
+/** Name of an IP protocol as conntrack prints it, or "proto N". */
 export function protoName(l4proto: number): string {
-  return PROTO_NAMES[l4proto] ?? `proto ${l4proto}`;
+  return PROTO_NAMES.get(l4proto) ?? `proto ${l4proto}`;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { AddressError, parseAddress } from '../../plugin/address';
+import { CtMark, CtMarkError, parseCtMark } from '../../plugin/ct-mark';
 import { FlowFilter } from '../../plugin/flow-filter';
 import { UsageError } from './usage-error';
 
@@ -11,13 +12,14 @@ export function parseU32(text: string, what: string): number {
 }
 
 /** `--mark VALUE[/MASK]`: mask defaults to all ones. */
-export function parseMark(text: string): { value: number; mask: number } {
-  const [v, m, extra] = text.split('/');
-  if (extra !== undefined) throw new UsageError(`--mark takes VALUE[/MASK], not ${JSON.stringify(text)}`);
-  const mask = m === undefined ? 0xffffffff : parseU32(m, '--mark mask');
-  const value = parseU32(v, '--mark value');
-  if ((value & mask) >>> 0 !== value) throw new UsageError(`--mark value 0x${value.toString(16)} has bits outside its mask 0x${mask.toString(16)}`);
-  return { value, mask };
+export function parseMark(text: string): CtMark {
+  try {
+    return parseCtMark(text);
+  } catch (e) {
+    // Every CtMarkError message starts with "mark": it reads as the flag's name.
+    if (e instanceof CtMarkError) throw new UsageError(`--${e.message}`);
+    throw e;
+  }
 }
 
 /** `--zone N`: a conntrack zone, 0..65535. */

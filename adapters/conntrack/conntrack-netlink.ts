@@ -70,9 +70,8 @@ export class ConntrackNetlink implements ConntrackPort {
         return;
       }
       // Count each entry once although several per-address dumps may return it.
-      const slot = into.find(rec);
-      if (slot < 0 || versionAt(into, slot) <= start) stats.entries++;
       into.upsert(rec);
+      if (into.previousVersion <= start) stats.entries++;
     });
     sock.handlers = {
       reply: (buf, off, end, seq) => void runner.reply(buf, off, end, seq),

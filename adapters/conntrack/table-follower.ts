@@ -20,7 +20,7 @@
  * - This object is the table's only writer (it runs in the feed worker).
  */
 import { ConnectionTable } from '../../plugin/connection-table';
-import { R_EXT, R_FLAGS, R_VERSION_HI, R_VERSION_LO, RecordFlag } from '../../plugin/flow';
+import { R_EXT, R_FLAGS, RecordFlag } from '../../plugin/flow';
 import { FlowFilter, flowMatches } from '../../plugin/flow-filter';
 import { FlowRecord, FlowView } from '../../plugin/flow-view';
 import { FeedStats } from '../../plugin/ports/connection-feed';
@@ -157,9 +157,8 @@ export class TableFollower {
     if (!this.decode(buf, off, end)) return;
     const rec = this.rec;
     if (!flowMatches(this.filter, rec)) return;
-    const slot = this.table.find(rec);
-    if (slot < 0 || this.versionAt(slot) <= this.initialFrom) this.stats.dumped++;
     this.table.upsert(rec);
+    if (this.table.previousVersion <= this.initialFrom) this.stats.dumped++;
   }
 
   private repairEntry(buf: Buffer, off: number, end: number): void {
@@ -258,11 +257,5 @@ export class TableFollower {
         for (const w of waiters) w();
       }
     }
-  }
-
-  private versionAt(slot: number): number {
-    const t = this.table;
-    const r = t.recordOffset(slot);
-    return t.u32[(r + R_VERSION_LO) >> 2] + t.u16[(r + R_VERSION_HI) >> 1] * 0x1_0000_0000;
   }
 }

@@ -1,3 +1,4 @@
+import { CtMark, CtMarkError, formatCtMark, parseCtMark } from '../../plugin/ct-mark';
 import { PrepareOptions } from '../../plugin/migration-service';
 import { parseVmUuid, VmSpec, vmSpec } from '../../plugin/vm';
 
@@ -9,27 +10,20 @@ export class InvalidArgsError extends Error {
   }
 }
 
-function u32(text: string, what: string): number {
-  if (!/^(0x[0-9a-f]{1,8}|[0-9]{1,10})$/i.test(text)) throw new InvalidArgsError(`${what} ${JSON.stringify(text)} is not a 32-bit number`);
-  const n = Number(text);
-  if (n > 0xffffffff) throw new InvalidArgsError(`${what} ${text} is larger than 32 bits`);
-  return n;
-}
-
 /** "VALUE[/MASK]" (decimal or 0x hex); "" = no mark filter. */
-export function parseMarkArgument(text: string): { value: number; mask: number } | undefined {
+export function parseMarkArgument(text: string): CtMark | undefined {
   if (text === '') return undefined;
-  const parts = text.split('/');
-  if (parts.length > 2) throw new InvalidArgsError(`mark ${JSON.stringify(text)} is not VALUE[/MASK]`);
-  const value = u32(parts[0], 'mark value');
-  const mask = parts.length === 2 ? u32(parts[1], 'mark mask') : 0xffffffff;
-  if ((value & mask) >>> 0 !== value) throw new InvalidArgsError(`mark value 0x${value.toString(16)} has bits outside its mask 0x${mask.toString(16)}`);
-  return { value, mask };
+  try {
+    return parseCtMark(text);
+  } catch (e) {
+    if (e instanceof CtMarkError) throw new InvalidArgsError(e.message);
+    throw e;
+  }
 }
 
 /** "V/M" as the Manager's Mark arguments and Status show it: hex, mask always given. */
-export function formatMark(mark: { value: number; mask: number } | undefined): string {
-  return mark === undefined ? '' : `0x${mark.value.toString(16)}/0x${mark.mask.toString(16)}`;
+export function formatMark(mark: CtMark | undefined): string {
+  return mark === undefined ? '' : formatCtMark(mark);
 }
 
 /** Zone as a D-Bus int32: -1 = no zone (any). */

@@ -49,7 +49,7 @@ import { join } from 'node:path';
 import { count } from '../integration/lab/conntrack-cli';
 import { ConntrackdPair } from '../integration/lab/conntrackd';
 import { Lab, LabProcess, NetNs, reapStaleNamespaces } from '../integration/lab/netns';
-import { QmpClient } from '../support/qmp';
+import { Qmp } from '../integration/lab/qemu';
 import { CONNTRACK_MAX, HASHSIZE, HostTuning, readNumber, restoreStale } from './host-tuning';
 import { fmtBytes, fmtRate, median, renderTable, Row } from './report';
 
@@ -232,7 +232,7 @@ let nextPort = 5900;
 
 interface Qemu {
   proc: LabProcess;
-  qmp: QmpClient;
+  qmp: Qmp;
 }
 
 async function startQemu(lab: Lab, ns: NetNs, dir: string, name: string, object: string | undefined, incomingPort?: number): Promise<Qemu> {
@@ -242,7 +242,7 @@ async function startQemu(lab: Lab, ns: NetNs, dir: string, name: string, object:
   if (object) args.push('-object', object);
   const proc = lab.spawn(ns, 'setpriv', ['--pdeathsig', 'SIGKILL', 'qemu-system-x86_64', ...args]);
   try {
-    const qmp = await QmpClient.connect(sock, 15_000);
+    const qmp = await Qmp.connect(sock, 15_000);
     return { proc, qmp };
   } catch (e) {
     throw new Error(`QEMU ${name} did not come up: ${(e as Error).message}; ${proc.stderr.trim()}`);
@@ -311,9 +311,9 @@ async function migrate(src: Qemu, dst: Qemu, port: number, onStop?: () => void, 
       status,
       error,
       resumed: resume !== undefined,
-      stopAt: stop?.atMs ?? NaN,
-      resumeAt: resume?.atMs ?? NaN,
-      blackoutMs: stop && resume ? resume.atMs - stop.atMs : NaN,
+      stopAt: stop?.qemuMs ?? NaN,
+      resumeAt: resume?.qemuMs ?? NaN,
+      blackoutMs: stop && resume ? resume.qemuMs - stop.qemuMs : NaN,
       totalMs: Date.now() - t0,
       srcStderr: src.proc.stderr.trim(),
       dstStderr: dst.proc.stderr.trim(),

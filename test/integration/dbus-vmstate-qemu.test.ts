@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DbusVmStatePort } from '../../adapters/dbus/dbus-vmstate-port';
 import { VmStateHandler } from '../../plugin/ports/vmstate-port';
-import { QmpClient } from '../support/qmp';
+import { Qmp } from './lab/qemu';
 
 const VM = '5e1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b';
 
@@ -43,8 +43,8 @@ interface Migration {
 async function migrate(dir: string, srcObject: string | undefined, dstObject: string | undefined): Promise<Migration> {
   const port = await freePort();
   const procs: ChildProcess[] = [];
-  const qmps: QmpClient[] = [];
-  const qemu = (name: string, object: string | undefined, extra: string[]): Promise<QmpClient> => {
+  const qmps: Qmp[] = [];
+  const qemu = (name: string, object: string | undefined, extra: string[]): Promise<Qmp> => {
     const sock = join(dir, `${name}.qmp`);
     const args = ['-M', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`, ...extra];
     if (object) args.push('-object', object);
@@ -52,7 +52,7 @@ async function migrate(dir: string, srcObject: string | undefined, dstObject: st
     let stderr = '';
     p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     procs.push(p);
-    return QmpClient.connect(sock).catch((e: unknown) => {
+    return Qmp.connect(sock).catch((e: unknown) => {
       throw new Error(`QEMU ${name} did not come up: ${e instanceof Error ? e.message : String(e)}; ${stderr.trim()}`);
     });
   };
@@ -72,7 +72,7 @@ async function migrate(dir: string, srcObject: string | undefined, dstObject: st
     if (status !== 'completed') return { status, resumed: false, blackoutMs: NaN };
     const stop = await src.waitEvent('STOP');
     const resume = await dst.waitEvent('RESUME', 3000).catch(() => undefined);
-    return { status, resumed: resume !== undefined, blackoutMs: resume ? resume.atMs - stop.atMs : NaN };
+    return { status, resumed: resume !== undefined, blackoutMs: resume ? resume.qemuMs - stop.qemuMs : NaN };
   } finally {
     for (const q of qmps) q.close();
     await Promise.all(

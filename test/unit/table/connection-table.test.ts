@@ -80,6 +80,17 @@ describe('ConnectionTable', () => {
     assert.equal(t.find(makeFlow(r, 6, '192.0.2.1', 1, '198.51.100.2', 2)), -1);
   });
 
+  it('tells the writer what version an upserted key had before, or -1 for a new key', () => {
+    const t = ConnectionTable.create({ capacity: 8 });
+    t.upsert(makeFlow(r, 6, '192.0.2.1', 1, '198.51.100.2', 2));
+    assert.equal(t.previousVersion, -1);
+    t.upsert(makeFlow(r, 6, '192.0.2.1', 1, '198.51.100.2', 2));
+    assert.equal(t.previousVersion, 1);
+    t.remove(makeFlow(r, 6, '192.0.2.1', 1, '198.51.100.2', 2));
+    t.upsert(makeFlow(r, 6, '192.0.2.1', 1, '198.51.100.2', 2));
+    assert.equal(t.previousVersion, 3, 'a revived tombstone reports the version of its destroy');
+  });
+
   it('says clearly that it is full instead of crashing', () => {
     const t = ConnectionTable.create({ capacity: 3 });
     for (let i = 0; i < 3; i++) t.upsert(makeFlow(r, 6, '192.0.2.1', i, '198.51.100.2', 2));
