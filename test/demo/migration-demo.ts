@@ -14,14 +14,9 @@
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { formatBytes } from '../../adapters/cli/session-text';
 import { MigrationLab, MigrationOutcome } from '../integration/lab/migration-lab';
 import { reapStaleNamespaces } from '../integration/lab/netns';
-
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
 
 async function oneRun(mode: 'control' | 'vmstate', flows: number, churn: number, say: (s: string) => void): Promise<MigrationOutcome> {
   const lab = await MigrationLab.build();

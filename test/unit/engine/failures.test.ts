@@ -169,6 +169,32 @@ describe('migration engine: a failed or cancelled migration leaves both hosts as
     assert.ok(b.blocker.isBlocked(VM_UUID));
   });
 
+  it('Save() never throws: when the delta cannot be shipped it hands QEMU a reference that makes Load() refuse and B roll back', async () => {
+    await b.engine.prepareIncoming(vm, { source: a.peerText });
+    await clock.run(0);
+    for (const f of a.feeds.started) sinon.stub(f, 'sync').rejects(new Error('feed worker gone'));
+    const blob = await a.vmstate.save(VM_UUID);
+    const ref = decodeReference(blob);
+    assert.equal(ref.kind, 'failed');
+    await assert.rejects(b.vmstate.load(VM_UUID, blob), /could not ship the residual delta: feed worker gone; the VM must not run here/);
+    await clock.run(0);
+    assert.deepEqual(b.kernel.texts(), bBefore, 'B holds none of the imported entries');
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+    assert.equal(sessionOf(b).state, 'failed');
+  });
+
+  it('policy open lets a late final through, but never a reference to another session', async () => {
+    await b.engine.prepareIncoming(vm, { source: a.peerText });
+    await clock.run(0);
+    const wrong = encodeReference({ kind: 'session', sessionId: 'feedfeedfeedfeed', finalVersion: 9, digest: new Uint8Array(32) });
+    await assert.rejects(b.vmstate.load(VM_UUID, wrong), /names session feedfeedfeedfeed/);
+    const late = encodeReference({ kind: 'session', sessionId: sessionOf(b).id, finalVersion: 1e6, digest: new Uint8Array(32) });
+    const loading = b.vmstate.load(VM_UUID, late);
+    await clock.run(BLOCK_TIMEOUT_MS);
+    await loading;
+    assert.ok(b.log.at('warn').some((m) => /final delta did not arrive within .*letting the VM run \(policy: open\)/.test(m)));
+  });
+
   it('block timeout, policy open: lifts the drop, says so (event and warning), and keeps importing', async () => {
     await b.engine.prepareIncoming(vm, { source: a.peerText });
     await clock.run(BLOCK_TIMEOUT_MS - 1);
