@@ -409,6 +409,11 @@ export class ConnectionTable {
     return this.u32[(rec + R_VERSION_LO) >> 2] + this.u16[(rec + R_VERSION_HI) >> 1] * 0x1_0000_0000;
   }
 
+  /** Writer side: the version of the last change to `slot` (live or tombstone). */
+  versionOf(slot: number): number {
+    return this.versionAt(this.recordOffset(slot));
+  }
+
   recordOffset(slot: number): number {
     return this.recordsBase + slot * RECORD_BYTES;
   }

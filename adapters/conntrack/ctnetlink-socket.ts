@@ -10,8 +10,11 @@
  *   without waiting; if that buffer is full it drops answers and the next
  *   receive fails with ENOBUFS. Callers size their batches to the buffer.
  * - SO_RCVBUF/SO_SNDBUF requests are capped by net.core.rmem_max/wmem_max
- *   (the kernel doubles the value it grants). The package offers no
- *   SO_RCVBUFFORCE, so raise the sysctls to get more.
+ *   (the kernel doubles the value it grants); only the rebuilt binding can
+ *   go past them with SO_RCVBUFFORCE (forceRecvBuffer).
+ * - After an overrun the kernel reports ENOBUFS once and then drops events
+ *   silently until our queue has been emptied. A "drained" notice is only
+ *   passed on when no new drop was reported between it and its delivery.
  */
 import { NetlinkFormatError } from './attributes';
 import {
@@ -115,6 +118,7 @@ export class CtnetlinkSocket {
   private turnError = false;
   private turnScheduled = false;
   private drainScheduled = false;
+  private drainVoided = false;
 
   constructor(options: CtnetlinkSocketOptions = {}) {
     const receiveBytes = options.receiveBytes ?? 65536;
@@ -146,11 +150,15 @@ export class CtnetlinkSocket {
     });
     this.raw.on('truncatedMessage', () => {
       // A datagram larger than our buffer lost its tail: treat like an overrun.
+      this.drainVoided = this.drainScheduled;
       this.handlers.overrun?.();
     });
     this.raw.on('error', (err: Error) => {
       try {
         this.countTurn(true);
+        // A drop after the queue emptied: the drained notice still pending
+        // describes the queue before it and must not start a repair now.
+        this.drainVoided = this.drainScheduled;
         if (errnoOf(err) === Errno.ENOBUFS) this.handlers.overrun?.();
         else this.handlers.failure?.(err, false);
       } catch (e) {
@@ -194,7 +202,9 @@ export class CtnetlinkSocket {
     this.drainScheduled = true;
     setImmediate(() => {
       this.drainScheduled = false;
-      if (!this.closed) this.handlers.drained?.();
+      const voided = this.drainVoided;
+      this.drainVoided = false;
+      if (!this.closed && !voided) this.handlers.drained?.();
     });
   }
 

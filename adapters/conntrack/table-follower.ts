@@ -17,6 +17,12 @@
  *   we re-dump; entries the dump does not return (and no event touched
  *   since) become tombstones, changed ones are upserted. Each such repair
  *   is counted (overruns, repaired) and reported through warn().
+ * - The kernel sends an entry's destroy event before it unlinks the entry
+ *   from its hash, so a dump running on another CPU can still copy the
+ *   dying entry into a datagram queued after the destroy. A dump copy of a
+ *   key destroyed since that dump began is therefore ignored; a re-created
+ *   key arrives by its own NEW event (or, if that was dropped, by the next
+ *   repair). Tombstones younger than a running dump are not reclaimed.
  * - This object is the table's only writer (it runs in the feed worker).
  */
 import { ConnectionTable } from '../../plugin/connection-table';
@@ -119,7 +125,23 @@ export class TableFollower {
 
   /** Free tombstones up to `upTo` (every session has shipped them); this thread is the table's writer. */
   reclaim(upTo: number): number {
-    return this.table.reclaim(upTo);
+    // A running dump needs its tombstones to recognise stale copies.
+    const from = this.dumpFrom();
+    return this.table.reclaim(from < 0 ? upTo : Math.min(upTo, from));
+  }
+
+  /** Table version when the running dump began, or -1 when none runs. */
+  private dumpFrom(): number {
+    if (!this.repairing) return -1;
+    return this.seen !== null ? this.repairFrom : this.initialFrom;
+  }
+
+  /** True when rec's key was destroyed (is a tombstone) after version `from`. */
+  private destroyedSince(rec: FlowView, from: number): boolean {
+    const t = this.table;
+    const slot = t.find(rec);
+    if (slot < 0) return false;
+    return (t.u8[t.recordOffset(slot) + R_FLAGS] & RecordFlag.Tombstone) !== 0 && t.versionOf(slot) > from;
   }
 
   /** Stop reacting (the owner closes the socket). */
@@ -156,7 +178,7 @@ export class TableFollower {
   private initialEntry(buf: Buffer, off: number, end: number): void {
     if (!this.decode(buf, off, end)) return;
     const rec = this.rec;
-    if (!flowMatches(this.filter, rec)) return;
+    if (!flowMatches(this.filter, rec) || this.destroyedSince(rec, this.initialFrom)) return;
     this.table.upsert(rec);
     if (this.table.previousVersion <= this.initialFrom) this.stats.dumped++;
   }
@@ -176,7 +198,7 @@ export class TableFollower {
     if (slot >= 0) {
       seen[slot] = 1;
       if (sameFlow(this.stored, rec)) return;
-    }
+    } else if (this.destroyedSince(rec, this.repairFrom)) return;
     seen[this.table.upsert(rec)] = 1;
     this.stats.repaired++;
   }
@@ -251,6 +273,10 @@ export class TableFollower {
       this.seen = null;
       this.repairing = false;
       this.runner.setSink((b, o, e) => this.initialEntry(b, o, e));
+      // An overrun during this repair asked for another one; its quiet-queue
+      // timer may already have fired (and been ignored while we ran), so
+      // watch again or the repair would wait for traffic that never comes.
+      if (this.pendingRepair && !this.stopped) this.watchQuiet(this.sock.received);
       if (!this.pendingRepair) {
         const waiters = this.idleWaiters;
         this.idleWaiters = [];

@@ -96,15 +96,20 @@ describe('conntrack netlink adapter (real kernel, network namespaces)', function
   });
 
   it('follows an event flood, repairs overruns, and ends equal to the kernel table', async () => {
-    const feed = spawn('ip', ['netns', 'exec', C, process.execPath, runner, 'feed', '6', String(64 * 1024)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const feed = spawn('ip', ['netns', 'exec', C, process.execPath, runner, 'feed', 'stdin', String(64 * 1024)], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
     feed.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<void>((resolve) => feed.on('exit', () => resolve()));
-    while (!out.includes('"ready"')) await new Promise((r) => setTimeout(r, 50));
-    const synth = run<{ created: number }>(C, 'synth', '20000');
-    assert.equal(synth.created, 20000);
-    sh(C, 'conntrack', '-D', '-p', 'tcp', '--orig-port-src', '1024');
-    await exited;
+    try {
+      while (!out.includes('"ready"')) await new Promise((r) => setTimeout(r, 50));
+      const synth = run<{ created: number }>(C, 'synth', '20000');
+      assert.equal(synth.created, 20000);
+      sh(C, 'conntrack', '-D', '-p', 'tcp', '--orig-port-src', '1024');
+    } finally {
+      // Stop the follower on every path; it syncs before reporting.
+      feed.stdin.end('stop\n');
+      await exited;
+    }
     const last = JSON.parse(out.trim().split('\n').pop() as string) as { stats: { events: number; overruns: number }; size: number };
     const kernel = Number(sh(C, 'conntrack', '-C').trim());
     assert.equal(last.size, kernel, 'table equals the kernel after repair');

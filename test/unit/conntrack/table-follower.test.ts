@@ -1,0 +1,148 @@
+/**
+ * The table follower's overrun repair, driven through a scripted socket that
+ * answers dumps with messages recorded from the kernel (dump-6.18.hex). The
+ * real-kernel flood is in test/integration/conntrack-netlink.test.ts; this
+ * pins the orderings a flood only hits now and then.
+ */
+import { strict as assert } from 'node:assert';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import sinon from 'sinon';
+import { CtnetlinkHandlers, CtnetlinkSocket } from '../../../adapters/conntrack/ctnetlink-socket';
+import { planDump } from '../../../adapters/conntrack/dump-filter';
+import { TableFollower } from '../../../adapters/conntrack/table-follower';
+import { ConnectionTable } from '../../../plugin/connection-table';
+
+const fixtureDir = join(__dirname, '..', '..', '..', '..', 'test', 'fixtures', 'conntrack');
+const recorded = readFileSync(join(fixtureDir, 'dump-6.18.hex'), 'utf8')
+  .split('\n')
+  .filter((l) => l.trim() !== '')
+  .map((l) => Buffer.from(l.trim(), 'hex'));
+
+const NLMSG_NOOP = 1;
+const IPCTNL_MSG_CT_DELETE = 2;
+
+/** The destroy event the kernel sends for a recorded entry. */
+function destroyEvent(entry: Buffer): Buffer {
+  const m = Buffer.from(entry);
+  m.writeUInt16LE((m.readUInt16LE(4) & 0xff00) | IPCTNL_MSG_CT_DELETE, 4);
+  m.writeUInt32LE(0, 8);
+  return m;
+}
+
+/** A socket whose kernel is the test: it records requests and answers when told. */
+class ScriptedSocket {
+  handlers: CtnetlinkHandlers = {};
+  received = 0;
+  private seq = 1;
+  /** Sequence numbers of dump requests not yet answered. */
+  readonly dumps: number[] = [];
+  readonly noops: number[] = [];
+
+  reserve(n: number): number {
+    const first = this.seq;
+    this.seq += n;
+    return first;
+  }
+
+  send(buf: Buffer): void {
+    const seq = buf.readUInt32LE(8);
+    if (buf.readUInt16LE(4) === NLMSG_NOOP) this.noops.push(seq);
+    else this.dumps.push(seq);
+  }
+
+  /** Answer the oldest dump request with these recorded messages, then DONE. */
+  answerDump(entries: Buffer[]): void {
+    const seq = this.dumps.shift();
+    assert.ok(seq !== undefined, 'a dump request is outstanding');
+    for (const m of entries) {
+      const copy = Buffer.from(m);
+      copy.writeUInt32LE(seq, 8);
+      this.received++;
+      this.handlers.reply?.(copy, 0, copy.length, seq);
+    }
+    this.received++;
+    this.handlers.done?.(seq, 0);
+  }
+
+  answerNoops(): void {
+    for (const seq of this.noops.splice(0)) this.handlers.ack?.(seq, 0);
+  }
+}
+
+describe('table follower overrun repair', () => {
+  let clock: sinon.SinonFakeTimers;
+  beforeEach(() => {
+    clock = sinon.useFakeTimers();
+  });
+  afterEach(() => clock.restore());
+
+  function follower(): { sock: ScriptedSocket; table: ConnectionTable; f: TableFollower } {
+    const sock = new ScriptedSocket();
+    const table = ConnectionTable.create({ capacity: 64 });
+    const f = new TableFollower(sock as unknown as CtnetlinkSocket, table, { addresses: [] }, planDump({ addresses: [] }, [6, 18]), () => undefined);
+    return { sock, table, f };
+  }
+
+  it('tombstones what a re-dump after an overrun no longer returns', async () => {
+    const { sock, table, f } = follower();
+    const started = f.start();
+    sock.answerDump(recorded.slice(0, 4));
+    await started;
+    assert.equal(table.size, 4);
+
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
+    sock.answerDump(recorded.slice(0, 2));
+    await clock.tickAsync(0);
+    assert.equal(table.size, 2);
+    assert.ok(f.stats.repaired >= 2);
+  });
+
+  it('ignores a dump copy of an entry whose destroy event came first (the kernel unlinks it after the event)', async () => {
+    const { sock, table, f } = follower();
+    const started = f.start();
+    sock.answerDump(recorded.slice(0, 4));
+    await started;
+
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
+    // While the repair dump runs, entry 0 is destroyed: the event is queued,
+    // then a dump datagram still carrying the dying entry.
+    sock.handlers.event?.(destroyEvent(recorded[0]), 0, recorded[0].length);
+    assert.equal(table.size, 3);
+    sock.answerDump(recorded.slice(0, 4));
+    await clock.tickAsync(0);
+    assert.equal(table.size, 3, 'the destroyed entry stays gone');
+  });
+
+  it('runs a second repair when an overrun comes during a repair and the queue then stays quiet', async () => {
+    const { sock, table, f } = follower();
+    const started = f.start();
+    sock.answerDump(recorded.slice(0, 4));
+    await started;
+
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
+    assert.equal(sock.dumps.length, 1, 'the first repair dump was requested');
+    // The kernel drops events again while the repair dump runs, then goes quiet.
+    sock.handlers.overrun?.();
+    await clock.tickAsync(250);
+    sock.answerDump(recorded.slice(0, 3));
+    await clock.tickAsync(0);
+    assert.equal(table.size, 3, 'first repair applied');
+
+    let synced = false;
+    void f.sync().then(() => (synced = true));
+    sock.answerNoops();
+    await clock.tickAsync(0);
+    assert.equal(synced, false, 'sync waits for the pending repair');
+
+    await clock.tickAsync(150);
+    assert.equal(sock.dumps.length, 1, 'the second repair dump was requested without further traffic');
+    sock.answerDump(recorded.slice(0, 1));
+    await clock.tickAsync(0);
+    assert.equal(table.size, 1, 'second repair applied');
+    assert.equal(synced, true, 'sync resolves once the table is repaired');
+  });
+});
