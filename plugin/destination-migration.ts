@@ -185,21 +185,28 @@ export class DestinationMigration {
           const decoded = decodeSnapshot(m.bytes, { maxEntries: this.settings.tableCapacity });
           received += decoded.entries;
           bytes += m.bytes.length;
-          this.session.update({ received, bytes });
-          await this.apply(decoded.table, m.kind === MessageKind.Final);
-          this.session.update({ version: m.to });
-          await this.conn.acknowledge(m.to);
-          // fraction:F may be met by changes (more entries committed) before the cut-over.
-          if (m.kind === MessageKind.Changes) await this.checkReady();
-          if (m.kind === MessageKind.Final) {
+          if (m.kind === MessageKind.Changes) {
+            this.session.update({ received, bytes });
+            await this.apply(decoded.table, false);
+            this.session.update({ version: m.to });
+            await this.conn.acknowledge(m.to);
+            // fraction:F may be met by changes (more entries committed) before the cut-over.
+            await this.checkReady();
+          } else {
+            // The VM is paused from here until Load() returns: the kernel
+            // writes and the lift come first; the counters' D-Bus signals
+            // and the acknowledgement after.
+            await this.apply(decoded.table, true);
             this.progress.finalApplied = true;
             this.session.moveTo('cutover');
             this.log.info('residual delta imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, version: m.to });
             await this.checkReady();
             // Only now: Load() returns (and QEMU resumes the VM) once the drop is lifted, not while it is being lifted.
             this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
-            this.session.moveTo('ready');
+            this.session.updateSoon({ received, bytes, version: m.to });
             this.settle();
+            this.session.moveTo('ready');
+            await this.conn.acknowledge(m.to);
           }
         } else if (m.kind === MessageKind.Close) {
           if (m.reason === CloseReason.Migrated && this.final) break;
@@ -377,7 +384,8 @@ export class DestinationMigration {
   private async lift(): Promise<void> {
     this.cancelTimeout?.();
     this.cancelTimeout = null;
-    await this.blocker.unblock(this.vm.uuid);
+    // During the final the VM is paused until Load() returns.
+    await this.blocker.unblock(this.vm.uuid, { paused: this.progress.finalApplied || this.progress.finalEstablishedApplied });
   }
 
   private async blockTimedOut(): Promise<void> {

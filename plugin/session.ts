@@ -98,6 +98,17 @@ export class Session {
     this.emit({ kind: 'session-changed', session: this.snapshot() });
   }
 
+  /**
+   * Like update(), but the report waits for the next turn of the event loop:
+   * for the moments a VM is paused until the current call returns, where
+   * the D-Bus signals it turns into would only delay the answer.
+   */
+  updateSoon(patch: Partial<Pick<SessionInfo, 'sent' | 'received' | 'bytes' | 'version'>>): void {
+    Object.assign(this.info, patch);
+    this.info.updatedAt = this.clock.now();
+    setImmediate(() => this.emit({ kind: 'session-changed', session: this.snapshot() }));
+  }
+
   /** The state is in and the drop is lifted. */
   announceReady(): void {
     this.emit({ kind: 'ready', session: this.snapshot() });

@@ -3,7 +3,7 @@
 // change and read back with `nft -j list`. Foreign tables are never named in
 // any command, so nothing the blocker does can touch them.
 
-import { flushVmElements } from './set-element-flush';
+import { SetElementFlusher } from './set-element-flush';
 import { Address } from '../../plugin/address';
 import { AF_INET, AF_INET6 } from '../../plugin/flow';
 import { BlockedVm, BlockerPort, ReconcileReport } from '../../plugin/ports/blocker-port';
@@ -41,12 +41,17 @@ export type QuickLift = (vm: string, addresses: readonly Address[], families: re
 type KernelState = Map<NftFamily, KernelTable | undefined>;
 
 const ALL_FAMILIES: readonly NftFamily[] = ['inet', 'bridge'];
+/** How long after a quick lift the tables are rewritten without the VM's sets. */
+const TIDY_DELAY_MS = 250;
 const UNKNOWN_AFTER_TIMEOUT = 'the kernel applied the whole transaction or none of it; blocked() tells which';
 
 export class NftablesBlocker implements BlockerPort {
   private readonly run: NftRunner;
   private readonly families: readonly NftFamily[];
   private readonly quickLift: QuickLift | null;
+  private flusher: SetElementFlusher | null = null;
+  /** A tidy-up of the tables waiting for its turn (see scheduleTidy). */
+  private tidy: { timer: NodeJS.Timeout; action: string } | null = null;
   /**
    * The desired state. Undefined until the first call, which adopts every VM
    * the kernel already has sets for: a restarted daemon never silently lifts
@@ -60,7 +65,12 @@ export class NftablesBlocker implements BlockerPort {
     this.run = options.runner ?? nftProcess(options);
     this.families = options.bridge === false ? ['inet'] : ALL_FAMILIES;
     const local = options.runner === undefined && (options.execPrefix === undefined || options.execPrefix.length === 0);
-    this.quickLift = options.quickLift !== undefined ? options.quickLift : local ? (vm, addresses, families) => flushVmElements(vm, addresses, families) : null;
+    if (options.quickLift !== undefined) this.quickLift = options.quickLift;
+    else if (local) {
+      const flusher = new SetElementFlusher();
+      this.flusher = flusher;
+      this.quickLift = (vm, addresses, families) => flusher.flush(vm, addresses, families);
+    } else this.quickLift = null;
   }
 
   block(vm: string, addresses: readonly Address[]): Promise<void> {
@@ -86,10 +96,12 @@ export class NftablesBlocker implements BlockerPort {
         }
       }
       this.desired = next;
+      // The lift happens while the VM is paused: have its socket ready.
+      this.flusher?.prepare();
     });
   }
 
-  unblock(vm: string): Promise<void> {
+  unblock(vm: string, options?: { paused?: boolean }): Promise<void> {
     return this.serial(async () => {
       let id: string;
       try {
@@ -103,7 +115,8 @@ export class NftablesBlocker implements BlockerPort {
         // The cut-over path: the VM is paused until this returns. First the
         // addresses leave the VM's sets in one netlink transaction (the rules
         // then match nothing); the tables are rewritten with nft right after,
-        // off the pause. If the quick path fails (a flushed ruleset), one nft
+        // or, while the VM is paused, a moment later (scheduleTidy). If the
+        // quick path fails (a flushed ruleset), one nft
         // run rebuilds the tables from the desired state, which cannot fail
         // on a missing table.
         const addresses = this.desired.get(id);
@@ -114,7 +127,9 @@ export class NftablesBlocker implements BlockerPort {
           try {
             await this.quickLift(id, addresses, this.families);
             this.desired = next;
-            void this.serial(() => this.write(this.desired ?? next, `remove the emptied sets of VM ${id}`, 'the empty sets stay')).catch(() => undefined);
+            const tidy = `remove the emptied sets of VM ${id}`;
+            if (options?.paused) this.scheduleTidy(tidy);
+            else void this.serial(() => this.write(this.desired ?? next, tidy, 'the empty sets stay')).catch(() => undefined);
             return;
           } catch {
             // fall through to nft
@@ -163,7 +178,30 @@ export class NftablesBlocker implements BlockerPort {
     });
   }
 
+  /**
+   * Rewrite the tables from the desired state a little later. Why later: nft
+   * is a child process, and forking this daemon right after a lift would
+   * hold up the Load() reply QEMU is waiting for. Any call that comes first
+   * runs the tidy-up before itself.
+   */
+  private scheduleTidy(action: string): void {
+    if (this.tidy) clearTimeout(this.tidy.timer);
+    const timer = setTimeout(() => this.runTidy(), TIDY_DELAY_MS);
+    timer.unref();
+    this.tidy = { timer, action };
+  }
+
+  private runTidy(): void {
+    const tidy = this.tidy;
+    if (!tidy) return;
+    this.tidy = null;
+    clearTimeout(tidy.timer);
+    const work = (): Promise<void> => (this.desired ? this.write(this.desired, tidy.action, 'the empty sets stay') : Promise.resolve());
+    this.queue = this.queue.then(work, work).catch(() => undefined);
+  }
+
   private serial<T>(work: () => Promise<T>): Promise<T> {
+    this.runTidy();
     const next = this.queue.then(work, work);
     this.queue = next.catch(() => undefined);
     return next;

@@ -33,8 +33,13 @@ export interface BlockerPort {
    * nothing changed).
    */
   block(vm: string, addresses: readonly Address[]): Promise<void>;
-  /** Lifts the VM's drop; a no-op when it is not blocked (also after someone flushed the ruleset). */
-  unblock(vm: string): Promise<void>;
+  /**
+   * Lifts the VM's drop; a no-op when it is not blocked (also after someone
+   * flushed the ruleset). `paused`: the VM waits for this call to resume, so
+   * only the lift itself happens now and tidying the tables may follow a
+   * moment later.
+   */
+  unblock(vm: string, options?: { paused?: boolean }): Promise<void>;
   /** The VMs the kernel drops traffic for now, read back from the kernel. */
   blocked(): Promise<BlockedVm[]>;
   /**
