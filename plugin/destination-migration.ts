@@ -194,18 +194,25 @@ export class DestinationMigration {
             await this.checkReady();
           } else {
             // The VM is paused from here until Load() returns: the kernel
-            // writes and the lift come first; the counters' D-Bus signals
-            // and the acknowledgement after.
-            await this.apply(decoded.table, true);
-            this.progress.finalApplied = true;
-            this.session.moveTo('cutover');
-            this.log.info('residual delta imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, version: m.to });
-            await this.checkReady();
-            // Only now: Load() returns (and QEMU resumes the VM) once the drop is lifted, not while it is being lifted.
-            this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
-            this.session.updateSoon({ received, bytes, version: m.to });
-            this.settle();
-            this.session.moveTo('ready');
+            // writes and the lift come first; the session's D-Bus signals
+            // are held until Load() has answered.
+            this.session.hold();
+            try {
+              this.session.update({ received, bytes });
+              await this.apply(decoded.table, true);
+              this.progress.finalApplied = true;
+              this.session.moveTo('cutover');
+              this.log.info('residual delta imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, version: m.to });
+              await this.checkReady();
+              // Only now: Load() returns (and QEMU resumes the VM) once the drop is lifted, not while it is being lifted.
+              this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
+              this.session.update({ version: m.to });
+              this.session.moveTo('ready');
+              this.settle();
+            } finally {
+              // After the Load() reply has gone out (its promise settles in this turn).
+              setImmediate(() => this.session.release());
+            }
             await this.conn.acknowledge(m.to);
           }
         } else if (m.kind === MessageKind.Close) {

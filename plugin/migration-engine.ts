@@ -368,7 +368,7 @@ export class MigrationEngine implements MigrationService {
       return encodeReference({ kind: 'none' });
     }
     try {
-      return encodeReference(await s.cutover());
+      return encodeReference(await s.cutover({ paused: true }));
     } catch (e) {
       // Never throw here: QEMU would migrate on without our section.
       const reason = `the source could not ship the residual delta: ${(e as Error).message}`;

@@ -37,7 +37,7 @@ export class Session {
     vm: string,
     readyWhen: string,
     private readonly clock: Clock,
-    private readonly emit: (e: ServiceEvent) => void,
+    private readonly listener: (e: ServiceEvent) => void,
     id?: string,
   ) {
     const now = clock.now();
@@ -79,6 +79,31 @@ export class Session {
     return { ...this.info };
   }
 
+  /** Reports held back while the VM is paused (see hold()); null when reporting live. */
+  private held: ServiceEvent[] | null = null;
+
+  /**
+   * Hold reports back: the state and counters still change at once, but
+   * the listener (which turns reports into D-Bus signals, ≈1–2 ms each)
+   * hears of them only on release(). For the moments QEMU waits on us with
+   * the VM paused: Save() and Load() answer first, the signals follow.
+   */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Report everything held back, in order, and report live again. */
+  release(): void {
+    const held = this.held;
+    this.held = null;
+    if (held) for (const e of held) this.listener(e);
+  }
+
+  private emit(e: ServiceEvent): void {
+    if (this.held) this.held.push(e);
+    else this.listener(e);
+  }
+
   /** Move to `to`; returns false (and changes nothing) if the session already left the states that may. */
   moveTo(to: SessionState): boolean {
     const from = this.info.state;
@@ -96,17 +121,6 @@ export class Session {
     Object.assign(this.info, patch);
     this.info.updatedAt = this.clock.now();
     this.emit({ kind: 'session-changed', session: this.snapshot() });
-  }
-
-  /**
-   * Like update(), but the report waits for the next turn of the event loop:
-   * for the moments a VM is paused until the current call returns, where
-   * the D-Bus signals it turns into would only delay the answer.
-   */
-  updateSoon(patch: Partial<Pick<SessionInfo, 'sent' | 'received' | 'bytes' | 'version'>>): void {
-    Object.assign(this.info, patch);
-    this.info.updatedAt = this.clock.now();
-    setImmediate(() => this.emit({ kind: 'session-changed', session: this.snapshot() }));
   }
 
   /** The state is in and the drop is lifted. */

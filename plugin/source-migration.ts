@@ -158,11 +158,20 @@ export class SourceMigration {
    * The VM has stopped: wait until every kernel change before now is in the
    * table, ship the residual delta as Final, and return the reference for
    * QEMU's blob. Idempotent: a second call returns the same reference.
+   * `paused`: QEMU waits for the answer (Save()), so the session's reports
+   * are held until it has been given.
    */
-  cutover(): Promise<VmStateReference> {
+  cutover(options: { paused?: boolean } = {}): Promise<VmStateReference> {
     if (this.final) return Promise.resolve(this.final);
     this.cancelTick?.();
     this.cancelTick = null;
+    if (options.paused) {
+      // QEMU's Save(): the session's signals follow its answer.
+      this.session.hold();
+      const done = this.cutover();
+      void done.finally(() => setImmediate(() => this.session.release())).catch(() => undefined);
+      return done;
+    }
     return this.serial(async () => {
       if (this.final) return this.final;
       if (this.ended || !this.table || !this.feed) throw new Error(`session ${this.session.id} is ${this.session.state}; nothing to cut over`);
@@ -192,8 +201,7 @@ export class SourceMigration {
     this.final = { kind: 'session', sessionId: this.session.id, finalVersion: stop, digest };
     this.session.moveTo('cutover');
     this.log.info('residual delta shipped', { vm: this.vm.uuid, session: this.session.id, entries, bytes, version: stop });
-    // The counters' D-Bus signals wait until QEMU has its reference: the VM is paused until then.
-    this.session.updateSoon({ sent: this.session.info.sent + entries, bytes: this.session.info.bytes + bytes, version: stop });
+    this.session.update({ sent: this.session.info.sent + entries, bytes: this.session.info.bytes + bytes, version: stop });
     return this.final;
   }
 

@@ -96,6 +96,8 @@ describe('migration engine: readiness policies decide when B lifts the drop', ()
     const blob = await a.vmstate.save(VM_UUID);
     await b.vmstate.load(VM_UUID, blob);
     assert.ok(!b.blocker.isBlocked(VM_UUID));
+    assert.ok(!eventKinds(b).includes('ready'), "QEMU's Load() answers before the session's signals go out");
+    await clock.run(0);
     assert.ok(eventKinds(b).includes('ready'));
   });
 
