@@ -211,7 +211,7 @@ export class DestinationMigration {
               this.settle();
             } finally {
               // After the Load() reply has gone out (its promise settles in this turn).
-              setImmediate(() => this.session.release());
+              this.session.releaseSoon();
             }
             await this.conn.acknowledge(m.to);
           }

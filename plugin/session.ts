@@ -2,6 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { ServiceEvent, SessionInfo, SessionRole, SessionState } from './migration-service';
 import { Clock } from './ports/clock';
 
+/** How long after answering QEMU a held session reports (see releaseSoon). */
+export const RELEASE_AFTER_ANSWER_MS = 25;
+
 /** Moves a session may make; anything else is a bug and throws. */
 const TRANSITIONS: Record<SessionRole, Record<SessionState, SessionState[]>> = {
   source: {
@@ -92,14 +95,30 @@ export class Session {
     this.held ??= [];
   }
 
+  /**
+   * Release a moment after QEMU has its answer: it resumes the VM a few ms
+   * later, and on a busy host the signals' marshalling would compete with
+   * it for the CPU until then.
+   */
+  releaseSoon(): void {
+    if (!this.held) return;
+    this.answered = true;
+    this.clock.after(RELEASE_AFTER_ANSWER_MS, () => this.release());
+  }
+
   /** Report everything held back, in order, and report live again. */
   release(): void {
     const held = this.held;
     this.held = null;
+    this.answered = false;
     if (held) for (const e of held) this.listener(e);
   }
 
+  /** QEMU has its answer: the next report releases what is held instead of waiting. */
+  private answered = false;
+
   private emit(e: ServiceEvent): void {
+    if (this.held && this.answered) this.release();
     if (this.held) this.held.push(e);
     else this.listener(e);
   }

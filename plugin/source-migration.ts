@@ -169,7 +169,7 @@ export class SourceMigration {
       // QEMU's Save(): the session's signals follow its answer.
       this.session.hold();
       const done = this.cutover();
-      void done.finally(() => setImmediate(() => this.session.release())).catch(() => undefined);
+      void done.finally(() => this.session.releaseSoon()).catch(() => undefined);
       return done;
     }
     return this.serial(async () => {

@@ -14,6 +14,13 @@
  * No pre-copy, no blocking. Prints {"ready":true}, then one JSON line per
  * call with its timings (the D-Bus marshalling of the reply, which dbus-next
  * does after Save() returns, is not in saveMs: it shows in the blackout).
+ *
+ *   ip netns exec NS node dump-helper.js BUS_ADDRESS VM_ADDRESS --empty
+ *
+ * The floor instead: Save() returns 64 zero bytes (about the size of
+ * ctmigrate's reference) and Load() does nothing, so a migration pays only
+ * QEMU's own dbus-vmstate round trips (find the helper, read its Id, call it)
+ * that every helper pays.
  */
 import * as dbus from 'dbus-next';
 import { parseAddress } from '../../plugin/address';
@@ -24,6 +31,7 @@ import { ConntrackNetlink } from '../../adapters/conntrack/conntrack-netlink';
 import { connectBus } from '../../adapters/dbus/bus-connection';
 
 export const DUMP_HELPER_ID = 'dumpall';
+const EMPTY_BLOB = Buffer.alloc(64);
 
 const wallMs = (): number => performance.timeOrigin + performance.now();
 
@@ -34,7 +42,10 @@ function out(o: Record<string, unknown>): void {
 class DumpAllObject extends dbus.interface.Interface {
   private readonly port = new ConntrackNetlink();
 
-  constructor(private readonly vmAddress: string) {
+  constructor(
+    private readonly vmAddress: string,
+    private readonly empty: boolean,
+  ) {
     super('org.qemu.VMState1');
   }
 
@@ -44,6 +55,10 @@ class DumpAllObject extends dbus.interface.Interface {
 
   async Save(): Promise<Buffer> {
     const at = wallMs();
+    if (this.empty) {
+      out({ event: 'save', at, entries: 0, encoded: 0, bytes: EMPTY_BLOB.length, dumpMs: 0, encodeMs: 0, returnedAt: wallMs() });
+      return EMPTY_BLOB;
+    }
     const t0 = performance.now();
     const table = ConnectionTable.create({ capacity: 4_000_000, extCapacity: 1024 });
     const stats = await this.port.dump({ addresses: [parseAddress(this.vmAddress)] }, table);
@@ -56,6 +71,10 @@ class DumpAllObject extends dbus.interface.Interface {
 
   async Load(data: Buffer): Promise<void> {
     const at = wallMs();
+    if (this.empty) {
+      out({ event: 'load', at, bytes: data.length, entries: 0, created: 0, replaced: 0, failures: 0, decodeMs: 0, createMs: 0 });
+      return;
+    }
     const t0 = performance.now();
     const decoded = decodeSnapshot(data, { maxEntries: 4_000_000 });
     const t1 = performance.now();
@@ -74,10 +93,10 @@ DumpAllObject.configureMembers({
 });
 
 async function main(): Promise<void> {
-  const [address, vmAddress] = process.argv.slice(2);
-  if (!address || !vmAddress) throw new Error('usage: dump-helper.js BUS_ADDRESS VM_ADDRESS');
+  const [address, vmAddress, mode] = process.argv.slice(2);
+  if (!address || !vmAddress || (mode !== undefined && mode !== '--empty')) throw new Error('usage: dump-helper.js BUS_ADDRESS VM_ADDRESS [--empty]');
   const conn = await connectBus(address);
-  conn.bus.export('/org/qemu/VMState1', new DumpAllObject(vmAddress));
+  conn.bus.export('/org/qemu/VMState1', new DumpAllObject(vmAddress, mode === '--empty'));
   const reply = await conn.bus.requestName('org.qemu.VMState1', dbus.NameFlag.DO_NOT_QUEUE);
   if (reply !== dbus.RequestNameReply.PRIMARY_OWNER) throw new Error('org.qemu.VMState1 is already owned on this bus');
   conn.onLost((e) => {

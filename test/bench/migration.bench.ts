@@ -380,6 +380,8 @@ export interface SizeResult {
   n: number;
   fill: { perSecond: number; ms: number };
   plain: number[];
+  /** Blackouts with an empty dbus-vmstate helper: QEMU's own dbus-vmstate cost. */
+  emptyHelper: number[];
   ctm: CtmRun[];
   dumpHelper: DumpHelperRun | null;
   conntrackd: { replicateMs: number; commitMs: number; daemonMs: number; committed: number; count: number } | null;
@@ -457,6 +459,7 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     await sleep(opts.churnMs / 2);
     const ch = churner;
     const m = await migrate(qa, qb, port, () => ch.send('stop'));
+    ch.send('exit');
     const done = await ch.exited;
     if (done.code !== 0) throw new Error(`churn failed: ${done.stderr.trim()}`);
     const summary = JSON.parse(done.stdout.trim().split('\n').pop() as string) as ChurnSummary;
@@ -573,6 +576,37 @@ async function dumpHelperRun(lab: Lab, dir: string, A: Host, B: Host, n: number)
   }
 }
 
+/** Migrations with dump-helper.ts --empty on both hosts: Save() gives 64 bytes, Load() does nothing. */
+async function emptyHelperRuns(lab: Lab, dir: string, A: Host, B: Host, reps: number): Promise<number[]> {
+  const [busA, busB] = await Promise.all([startBus(lab, dir, 'emptyA'), startBus(lab, dir, 'emptyB')]);
+  const ha = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busA, VM_ADDRESS, '--empty']);
+  const hb = lab.spawn(B.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busB, VM_ADDRESS, '--empty']);
+  const out: number[] = [];
+  try {
+    await Promise.all([ha.waitFor(/"ready":true/, 20_000), hb.waitFor(/"ready":true/, 20_000)]);
+    const obj = (bus: string): string => `dbus-vmstate,id=empty0,addr=${bus},id-list=dumpall`;
+    for (let r = 0; r < reps; r++) {
+      const port = nextPort++;
+      let qa: Qemu | undefined;
+      let qb: Qemu | undefined;
+      try {
+        qb = await startQemu(lab, B.ns, dir, `empty-dst-${port}`, obj(busB), port);
+        qa = await startQemu(lab, A.ns, dir, `empty-src-${port}`, obj(busA));
+        const m = await migrate(qa, qb, port);
+        if (!m.resumed) throw new Error(`migration with the empty helper failed: ${m.status} ${m.error} ${m.dstStderr}`);
+        out.push(m.blackoutMs);
+      } finally {
+        await stopQemu(qa);
+        await stopQemu(qb);
+      }
+    }
+    return out;
+  } finally {
+    await ha.stop(1000);
+    await hb.stop(1000);
+  }
+}
+
 async function conntrackdRun(n: number): Promise<SizeResult['conntrackd']> {
   const L = sizeLabel(n);
   const lab = new Lab();
@@ -602,7 +636,7 @@ async function conntrackdRun(n: number): Promise<SizeResult['conntrackd']> {
 async function benchSize(n: number, opts: Options): Promise<SizeResult> {
   const L = sizeLabel(n);
   const reps = n <= 200_000 ? opts.reps : 1;
-  const res: SizeResult = { n, fill: { perSecond: NaN, ms: NaN }, plain: [], ctm: [], dumpHelper: null, conntrackd: null };
+  const res: SizeResult = { n, fill: { perSecond: NaN, ms: NaN }, plain: [], emptyHelper: [], ctm: [], dumpHelper: null, conntrackd: null };
   const lab = new Lab();
   const daemons: Host[] = [];
   try {
@@ -646,6 +680,10 @@ async function benchSize(n: number, opts: Options): Promise<SizeResult> {
       }
     }
     say(`${L}: blackout without ctmigrate: ${res.plain.map((x) => x.toFixed(1)).join(', ')} ms (median ${ms1(median(res.plain))})`);
+
+    // ---- baseline: QEMU with an empty dbus-vmstate helper (the floor any helper pays) ----
+    res.emptyHelper = await emptyHelperRuns(lab, dir, A, B, opts.plainReps);
+    say(`${L}: blackout with an empty dbus-vmstate helper: ${res.emptyHelper.map((x) => x.toFixed(1)).join(', ')} ms (median ${ms1(median(res.emptyHelper))})`);
 
     // ---- ctmigrate ----
     for (let r = 0; r < reps; r++) res.ctm.push(await ctmigrateRun(lab, dir, A, B, n, r, opts));
@@ -702,6 +740,14 @@ function rows(res: SizeResult): { rows: Row[]; notes: string[] } {
       verdict: '',
     },
     {
+      measure: `${L} blackout, empty dbus-vmstate helper`,
+      ours: '',
+      baseline: `${ms1(median(res.emptyHelper))} (QEMU's own dbus-vmstate cost +${ms1(median(res.emptyHelper) - plain)})`,
+      ratio: '',
+      target: '(info)',
+      verdict: '',
+    },
+    {
       measure: `${L} blackout added by ctmigrate`,
       ours: ms1(added),
       baseline: dh ? (dh.ok ? `dump-all helper +${ms1(dh.blackoutMs - plain)}` : `dump-all helper FAILED (${fmtBytes(dh.save?.bytes ?? NaN)} blob)`) : '',
@@ -736,7 +782,10 @@ function rows(res: SizeResult): { rows: Row[]; notes: string[] } {
     },
   ];
   const notes: string[] = [];
-  notes.push(`${L}: fill ${fmtRate(res.fill.perSecond)}/s; blackout without ctmigrate: ${res.plain.map((x) => x.toFixed(1)).join(', ')} ms; with ctmigrate: ${res.ctm.map((c) => c.migration.blackoutMs.toFixed(1)).join(', ')} ms`);
+  notes.push(
+    `${L}: fill ${fmtRate(res.fill.perSecond)}/s; blackout without ctmigrate: ${res.plain.map((x) => x.toFixed(1)).join(', ')} ms; ` +
+      `with an empty dbus-vmstate helper: ${res.emptyHelper.map((x) => x.toFixed(1)).join(', ')} ms; with ctmigrate: ${res.ctm.map((c) => c.migration.blackoutMs.toFixed(1)).join(', ')} ms`,
+  );
   for (const [i, c] of res.ctm.entries()) {
     const b = c.breakdown;
     notes.push(

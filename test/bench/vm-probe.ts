@@ -16,7 +16,8 @@
  *                                mark) and closed ones (deleted), FRAC * N of each kind
  *                                in all, spread evenly over MS (ROUND shifts the indices so
  *                                repeated rounds touch other entries); prints {"started":true},
- *                                stops early on a "stop" line on stdin; prints a summary
+ *                                stops early on a "stop" line on stdin; prints a summary,
+ *                                then waits for an "exit" line (or stdin's end)
  *   dump-vm FILE                 dump the VM's entries; write one sorted key per line
  *                                ("sport dst dport mark") to FILE
  */
@@ -168,8 +169,16 @@ async function churn(n: number, frac: number, durationMs: number, round: number)
     const wait = due - performance.now();
     if (wait > 0 && !stop) await new Promise((r) => setTimeout(r, wait));
   }
-  rl.close();
   out({ done: true, stopped: stop, opened, changed, closed, each, steps: log.length, log });
+  // Stay idle until told to go: exiting (V8 tear-down, a few ms of CPU on
+  // both cores) would otherwise land inside the blackout being measured.
+  await new Promise<void>((resolve) => {
+    rl.on('line', (l) => {
+      if (l.trim() === 'exit') resolve();
+    });
+    rl.on('close', () => resolve());
+  });
+  rl.close();
 }
 
 async function dumpVm(file: string): Promise<void> {

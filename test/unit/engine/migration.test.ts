@@ -2,6 +2,7 @@ import 'reflect-metadata';
 import assert from 'node:assert/strict';
 import { MessageKind } from '../../../plugin/peer-protocol';
 import { decodeReference } from '../../../plugin/vmstate-reference';
+import { RELEASE_AFTER_ANSWER_MS } from '../../../plugin/session';
 import { FakeClock } from './fakes/fake-clock';
 import { FakeNetwork } from './fakes/fake-peer-network';
 import { CHANGE_INTERVAL_MS, eventKinds, foreignFlows, Host, put, sessionOf, startHost, statePath, tcp, udp, vm, VM_UUID, VM_V4, VM_V6, vmFlows, vmOnly } from './lab';
@@ -77,7 +78,8 @@ describe('migration engine: a VM migrates from host A to host B', () => {
 
     const foreignOnA = a.kernel.others(vmOnly);
     await a.engine.finish(VM_UUID, 'migrated');
-    await clock.run(0);
+    // B reports what happened during Load() a moment after answering it.
+    await clock.run(RELEASE_AFTER_ANSWER_MS);
     assert.deepEqual(a.kernel.texts(vmOnly), [], "A deletes the VM's entries after the migration");
     assert.deepEqual(a.kernel.others(vmOnly), foreignOnA, "A keeps everyone else's entries");
     assert.deepEqual(b.kernel.texts(vmOnly), atStop, "deleting A's entries does not reach B");

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { FakeClock, settle } from './fakes/fake-clock';
 import { FakeNetwork } from './fakes/fake-peer-network';
 import { CHANGE_INTERVAL_MS, eventKinds, foreignFlows, Host, put, sessionOf, startHost, tcp, udp, vm, VM_UUID, VM_V4, VM_V6, vmFlows, vmOnly } from './lab';
+import { RELEASE_AFTER_ANSWER_MS } from '../../../plugin/session';
 
 describe('migration engine: readiness policies decide when B lifts the drop', () => {
   let clock: FakeClock;
@@ -97,7 +98,7 @@ describe('migration engine: readiness policies decide when B lifts the drop', ()
     await b.vmstate.load(VM_UUID, blob);
     assert.ok(!b.blocker.isBlocked(VM_UUID));
     assert.ok(!eventKinds(b).includes('ready'), "QEMU's Load() answers before the session's signals go out");
-    await clock.run(0);
+    await clock.run(RELEASE_AFTER_ANSWER_MS);
     assert.ok(eventKinds(b).includes('ready'));
   });
 
