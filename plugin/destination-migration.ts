@@ -142,6 +142,12 @@ export class DestinationMigration {
     let received = 0;
     let bytes = 0;
     let refused = 0;
+    /**
+     * The part of the snapshot on its way into the kernel: the next part is
+     * received and decoded meanwhile (the kernel writes run on their own
+     * thread), and only then is this one awaited.
+     */
+    let inFlight: Promise<number> | null = null;
     try {
       for (;;) {
         const m: PeerMessage = await this.conn.receive();
@@ -151,8 +157,15 @@ export class DestinationMigration {
           // Throws on the first malformed entry, before anything after it is committed.
           snapshot.write(m.bytes);
           bytes += m.bytes.length;
+          if (inFlight) {
+            const part = inFlight;
+            inFlight = null;
+            refused += await part;
+          }
           if (!m.last) {
-            refused += await this.applySnapshotPart(committedTo, table.version);
+            inFlight = this.applySnapshotPart(committedTo, table.version);
+            // Awaited with the next part; a failure before then must not go unhandled.
+            inFlight.catch(() => undefined);
             committedTo = table.version;
             this.session.update({ bytes });
             continue;
@@ -225,6 +238,8 @@ export class DestinationMigration {
         }
       }
     } catch (e) {
+      // A part still on its way in finishes first (commit() removes it again once the session has ended).
+      if (inFlight) await (inFlight as Promise<number>).catch(() => undefined);
       if (!this.final) await this.fail(this.describe(e));
       else this.log.info('peer connection ended after the final delta', { vm: this.vm.uuid, session: this.session.id });
     }

@@ -23,6 +23,8 @@ export const DaemonConfigToken = Symbol('DaemonConfig');
 
 /** How long a query to one peer ("who runs VM X?") may take. */
 const WHO_HAS_TIMEOUT_MS = 3000;
+/** How long after an incoming session is over its VM's tracking starts again (see pauseTracking). */
+export const RETRACK_AFTER_MS = 2000;
 /** How long a peer may take to say what it wants after the handshake. */
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 
@@ -92,6 +94,9 @@ export class MigrationEngine implements MigrationService {
    * the VM may be running here on it, and nobody finishes that session.
    */
   async stop(): Promise<void> {
+    this.stopping = true;
+    for (const cancel of this.cancelRetrack.values()) cancel();
+    this.cancelRetrack.clear();
     for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
     for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
@@ -106,6 +111,7 @@ export class MigrationEngine implements MigrationService {
   }
 
   private emit = (e: ServiceEvent): void => {
+    if (e.kind === 'state-changed' && e.session.role === 'destination' && (e.session.state === 'ready' || e.session.state === 'failed')) this.trackLater(e.session.vm);
     for (const l of this.listeners) {
       try {
         l(e);
@@ -133,7 +139,8 @@ export class MigrationEngine implements MigrationService {
       load: (blob) => this.load(vm.uuid, blob),
     });
     entry.vmstateArgs = helper.objectArgs;
-    this.track(vm);
+    // libvirt registers an incoming VM while its session imports: tracking waits for the end of the import.
+    if (!this.importing(vm.uuid)) this.track(vm);
     this.vms.set(vm.uuid, entry);
     await this.persist();
     this.log.info('VM registered', { vm: vm.uuid, addresses: vm.addresses.length });
@@ -145,6 +152,8 @@ export class MigrationEngine implements MigrationService {
     const live = this.activeSession(id);
     if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
     await this.vmstate.detach(id);
+    this.cancelRetrack.get(id)?.();
+    this.cancelRetrack.delete(id);
     await this.trackers.get(id)?.stop();
     this.trackers.delete(id);
     this.vms.delete(id);
@@ -162,6 +171,43 @@ export class MigrationEngine implements MigrationService {
     const t = new VmTracker(vm, this.feeds, this.clock, this.log, this.config.tableCapacity);
     this.trackers.set(vm.uuid, t);
     return t;
+  }
+
+  /**
+   * An incoming VM's entries are the ones its session imports: a tracker
+   * would only follow our own writes, and its events (the kernel builds one
+   * per created entry for every listener) would take CPU from the import.
+   * So tracking stops while the session imports and starts again a moment
+   * after it is over, off the VM's resume.
+   */
+  private async pauseTracking(uuid: string): Promise<void> {
+    this.cancelRetrack.get(uuid)?.();
+    this.cancelRetrack.delete(uuid);
+    const t = this.trackers.get(uuid);
+    if (!t) return;
+    this.trackers.delete(uuid);
+    await t.stop();
+  }
+
+  private trackLater(uuid: string): void {
+    this.cancelRetrack.get(uuid)?.();
+    this.cancelRetrack.set(
+      uuid,
+      this.clock.after(RETRACK_AFTER_MS, () => {
+        this.cancelRetrack.delete(uuid);
+        const reg = this.vms.get(uuid);
+        if (reg && !this.stopping && !this.trackers.has(uuid)) this.track(reg.vm);
+      }),
+    );
+  }
+
+  private readonly cancelRetrack = new Map<string, () => void>();
+  private stopping = false;
+
+  /** An incoming session for the VM is still importing (not yet ready, not failed). */
+  private importing(uuid: string): boolean {
+    const d = this.destinations.get(uuid);
+    return d !== undefined && !d.session.over && d.session.state !== 'ready';
   }
 
   private activeSession(uuid: string): SessionInfo | null {
@@ -190,6 +236,7 @@ export class MigrationEngine implements MigrationService {
     const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;
     const source = options.source ? parsePeerAddress(options.source, 'source') : null;
     this.replace(vm.uuid);
+    await this.pauseTracking(vm.uuid);
     const session = new Session('destination', vm.uuid, formatReadiness(readiness), this.clock, this.emit);
     this.emit({ kind: 'session-added', session: session.snapshot() });
     try {

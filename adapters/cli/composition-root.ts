@@ -44,6 +44,8 @@ export interface PeerSetup {
 /** Everything the daemon runs on, for this configuration. */
 export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort, parent: DependencyContainer = container): { c: DependencyContainer; peers: PeerSetup } {
   const c = buildContainer(parent);
+  // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
+  c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
   const log = new StderrLog();
   c.register<Log>(Log, { useValue: log });
   c.register<Clock>(Clock, { useValue: systemClock });

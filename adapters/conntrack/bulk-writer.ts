@@ -19,7 +19,7 @@
  *   carries a delete and a second create for that entry.
  */
 import { ConnectionTable } from '../../plugin/connection-table';
-import { R_EXT } from '../../plugin/flow';
+import { R_EXT, R_SEQ } from '../../plugin/flow';
 import { FlowView } from '../../plugin/flow-view';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
 import { CtnetlinkSocket } from './ctnetlink-socket';
@@ -72,12 +72,12 @@ export class BulkWriter {
   private readonly encoder = new FlowEncoder();
   private readonly maxOps: number;
   private readonly batches: [Batch, Batch];
-  private readonly view: FlowView;
+  private view: FlowView;
   private turn = 0;
 
   constructor(
     private readonly sock: CtnetlinkSocket,
-    private readonly table: ConnectionTable,
+    private table: ConnectionTable,
     batch = DEFAULT_BATCH,
   ) {
     const byRecv = Math.floor(sock.recvBufferSize / (2 * ERROR_ANSWER_BYTES));
@@ -87,6 +87,12 @@ export class BulkWriter {
     this.view = new FlowView(table.u8, table.u16, table.u32);
     sock.handlers.ack = (seq, errno) => this.answer(seq, errno);
     sock.handlers.overrun = () => this.overrun();
+  }
+
+  /** Write from another table from now on (a writer thread keeps one writer and its buffers). */
+  useTable(table: ConnectionTable): void {
+    this.table = table;
+    this.view = new FlowView(table.u8, table.u16, table.u32);
   }
 
   /** Requests per batch this writer uses (bounded by the receive buffer). */
@@ -153,53 +159,83 @@ export class BulkWriter {
     const buf = b.out;
     const limit = buf.length - 3 * MAX_MESSAGE_BYTES;
     const first = this.sock.reserve(this.maxOps);
-    const kind = b.kind;
-    const slotOf = b.slotOf;
-    let n = 0;
-    let off = 0;
-    let last = 0;
+    const t = this.table;
+    this.fN = 0;
+    this.fOff = 0;
+    this.fLast = 0;
     let taken = 0;
-    const base = NlmFlag.Request;
-    while (from + taken < queue.length && n + 3 <= this.maxOps && off < limit) {
+    while (from + taken < queue.length && this.fN + 3 <= this.maxOps && this.fOff < limit) {
       const slot = queue[from + taken];
-      const v = this.at(slot);
+      const rec = t.recordOffset(slot);
+      const seqI = (rec + R_SEQ) >> 2;
+      let seq = t.waitStable(rec);
+      const n0 = this.fN;
+      const off0 = this.fOff;
+      const last0 = this.fLast;
+      this.encodeSlot(b, slot, mode, first);
+      // Another thread may write the table meanwhile (a writer thread encodes
+      // while the decoder fills the next part): a record that changed while
+      // it was encoded is encoded again.
+      while (Atomics.load(t.u32, seqI) !== seq) {
+        seq = t.waitStable(rec);
+        this.fN = n0;
+        this.fOff = off0;
+        this.fLast = last0;
+        this.encodeSlot(b, slot, mode, first);
+      }
       taken++;
-      if (mode === Op.Delete) {
-        last = off;
-        off = this.encoder.encodeDelete(v, buf, off, first + n, base);
-        kind[n] = Op.Delete;
-        slotOf[n++] = slot;
-        continue;
-      }
-      if (mode === Op.Recreate) {
-        last = off;
-        off = this.encoder.encodeDelete(v, buf, off, first + n, base);
-        kind[n] = Op.ReplaceDelete;
-        slotOf[n++] = slot;
-      }
-      last = off;
-      off = this.encoder.encodeCreate(v, buf, off, first + n, base | NlmFlag.Create | NlmFlag.Excl);
-      kind[n] = mode;
-      slotOf[n++] = slot;
-      if (hasLabels(v)) {
-        last = off;
-        off = this.encoder.encodeLabels(v, buf, off, first + n, base);
-        kind[n] = Op.Labels;
-        slotOf[n++] = slot;
-      }
     }
+    const n = this.fN;
     b.first = first;
     b.count = n;
     b.uncertain = false;
     b.errnos.fill(0, 0, n);
-    this.lastEnd = off;
+    this.lastEnd = this.fOff;
     if (n > 0) {
+      const last = this.fLast;
       buf.writeUInt16LE(buf.readUInt16LE(last + 6) | NlmFlag.Ack, last + 6);
       b.settled = new Promise<void>((resolve) => {
         b.resolve = resolve;
       });
     }
     return taken;
+  }
+
+  /** Where fill() is: requests so far, end of the encoded bytes, start of the last request. */
+  private fN = 0;
+  private fOff = 0;
+  private fLast = 0;
+
+  /** Encode the requests for one slot at fOff (request numbers from fN). */
+  private encodeSlot(b: Batch, slot: number, mode: Op, first: number): void {
+    const buf = b.out;
+    const kind = b.kind;
+    const slotOf = b.slotOf;
+    const base = NlmFlag.Request;
+    const v = this.at(slot);
+    if (mode === Op.Delete) {
+      this.fLast = this.fOff;
+      this.fOff = this.encoder.encodeDelete(v, buf, this.fOff, first + this.fN, base);
+      kind[this.fN] = Op.Delete;
+      slotOf[this.fN++] = slot;
+      return;
+    }
+    if (mode === Op.Recreate) {
+      this.fLast = this.fOff;
+      this.fOff = this.encoder.encodeDelete(v, buf, this.fOff, first + this.fN, base);
+      kind[this.fN] = Op.ReplaceDelete;
+      slotOf[this.fN++] = slot;
+    }
+    this.fLast = this.fOff;
+    this.fOff = this.encoder.encodeCreate(v, buf, this.fOff, first + this.fN, base | NlmFlag.Create | NlmFlag.Excl);
+    kind[this.fN] = mode;
+    slotOf[this.fN++] = slot;
+    if (hasLabels(v)) {
+      this.fLast = this.fOff;
+      this.fOff = this.encoder.encodeLabels(v, buf, this.fOff, first + this.fN, base);
+      kind[this.fN] = Op.Labels;
+      slotOf[this.fN++] = slot;
+    }
   }
 
   private answer(seq: number, errno: number): void {

@@ -8,7 +8,9 @@
  * - The calling thread writes the table on dump(); do not run it on a table
  *   that a ConnectionFeed worker is writing.
  * - Every call opens its own socket and closes it before returning, so an
- *   idle port holds no file descriptor and does not keep Node alive.
+ *   idle port holds no file descriptor and does not keep Node alive. With
+ *   `writerThread`, writes go to one thread that keeps its socket (unref'd
+ *   while idle).
  */
 import { ConnectionTable, Scan } from '../../plugin/connection-table';
 import { ExtFlag, R_EXT, R_FLAGS, R_VERSION_HI, R_VERSION_LO, RecordFlag, X_PRESENT } from '../../plugin/flow';
@@ -21,6 +23,7 @@ import { CtnetlinkSocket, CtnetlinkSocketOptions } from './ctnetlink-socket';
 import { KernelVersion, planDump, runningKernel } from './dump-filter';
 import { DumpRunner } from './dump-runner';
 import { FlowDecoder } from './flow-decoder';
+import { WriteThread } from './write-thread';
 
 /** Settings of a ConntrackNetlink; all optional. */
 export interface ConntrackNetlinkOptions {
@@ -31,14 +34,23 @@ export interface ConntrackNetlinkOptions {
   kernel?: KernelVersion;
   /** Opens sockets; tests pass a fake that answers at the protocol boundary. */
   openSocket?: (options: CtnetlinkSocketOptions) => CtnetlinkSocket;
+  /**
+   * Run creates and deletes on a thread of their own (write-thread.ts), so
+   * the caller's thread goes on (decoding the next part of a snapshot) while
+   * the kernel writes the last one. Selections are still made on the
+   * calling thread; the table must be one ConnectionTable.create made.
+   */
+  writerThread?: boolean;
 }
 
 /** The kernel's conntrack table of the current network namespace, over ctnetlink. */
 export class ConntrackNetlink implements ConntrackPort {
   private readonly options: ConntrackNetlinkOptions;
+  private readonly thread: WriteThread | null;
 
   constructor(options?: ConntrackNetlinkOptions) {
     this.options = options ?? {};
+    this.thread = this.options.writerThread ? new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize }) : null;
   }
 
   private open(): CtnetlinkSocket {
@@ -91,6 +103,7 @@ export class ConntrackNetlink implements ConntrackPort {
   /** Create every live record of the selection (masters first); existing entries are replaced. */
   async create(selection: WriteSelection, onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
     const { plain, related } = liveSlots(selection);
+    if (this.thread) return this.thread.run('create', selection.table, plain, related, onProgress);
     const total = plain.length + related.length;
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     const sock = this.open();
@@ -107,6 +120,7 @@ export class ConntrackNetlink implements ConntrackPort {
   /** Delete every live record of the selection (related entries before their masters). */
   async remove(selection: WriteSelection): Promise<WriteReport> {
     const { plain, related } = liveSlots(selection);
+    if (this.thread) return this.thread.run('remove', selection.table, plain, related);
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     const sock = this.open();
     try {

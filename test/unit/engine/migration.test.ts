@@ -2,6 +2,7 @@ import 'reflect-metadata';
 import assert from 'node:assert/strict';
 import { MessageKind } from '../../../plugin/peer-protocol';
 import { decodeReference } from '../../../plugin/vmstate-reference';
+import { RETRACK_AFTER_MS } from '../../../plugin/migration-engine';
 import { RELEASE_AFTER_ANSWER_MS } from '../../../plugin/session';
 import { FakeClock } from './fakes/fake-clock';
 import { FakeNetwork } from './fakes/fake-peer-network';
@@ -92,6 +93,20 @@ describe('migration engine: a VM migrates from host A to host B', () => {
     assert.ok(a.feeds.started.every((f) => !f.stopped), "the feed belongs to the registration, not the session");
     await a.engine.unregister(VM_UUID);
     assert.ok(a.feeds.started.every((f) => f.stopped), "unregistering stops it");
+  });
+
+  it("B does not follow the VM's entries while it imports them, and does again a moment after the migration", async () => {
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 1, 'B tracks the registered VM');
+    await b.engine.prepareIncoming(vm, { source: a.peerText });
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 0, 'no feed on B while the session imports');
+    await b.engine.register(vm);
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 0, "libvirt's registration during the import starts none either");
+    await clock.run(CHANGE_INTERVAL_MS * 3);
+    await b.vmstate.load(VM_UUID, await a.vmstate.save(VM_UUID));
+    await clock.run(RETRACK_AFTER_MS / 2);
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 0, 'none right after the resume');
+    await clock.run(RETRACK_AFTER_MS);
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 1, 'B tracks the VM again: it runs here now');
   });
 
   it('without vmstate, cut-over ships the delta on the peer channel and B stays blocked until it lands', async () => {
