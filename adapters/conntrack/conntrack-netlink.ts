@@ -43,14 +43,53 @@ export interface ConntrackNetlinkOptions {
   writerThread?: boolean;
 }
 
+/** Writer threads of a ConntrackNetlink built with `writerThread`. */
+const WRITER_THREADS = 2;
+
 /** The kernel's conntrack table of the current network namespace, over ctnetlink. */
 export class ConntrackNetlink implements ConntrackPort {
   private readonly options: ConntrackNetlinkOptions;
-  private readonly thread: WriteThread | null;
+  private readonly threads: WriteThread[];
 
   constructor(options?: ConntrackNetlinkOptions) {
     this.options = options ?? {};
-    this.thread = this.options.writerThread ? new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize }) : null;
+    const n = this.options.writerThread ? WRITER_THREADS : 0;
+    this.threads = Array.from({ length: n }, () => new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize }));
+  }
+
+  /**
+   * Write on the writer threads: the kernel takes one ctnetlink request at a
+   * time, so two threads keep it busy while each encodes its next batch.
+   * Entries without a master are split between them; related ones follow
+   * (on one thread) once every master is in. Removal runs the other way.
+   */
+  private async threaded(op: 'create' | 'remove', table: ConnectionTable, plain: number[], related: number[], onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
+    const total = plain.length + related.length;
+    const [t0, t1] = this.threads;
+    const half = plain.length >> 1;
+    const done = [0, 0, 0];
+    const progress = (i: number) => (d: number): void => {
+      done[i] = d;
+      onProgress?.(done[0] + done[1] + done[2], total);
+    };
+    const both = (): Promise<WriteReport[]> =>
+      Promise.all([t0.run(op, table, plain.slice(0, half), [], progress(0)), t1.run(op, table, plain.slice(half), [], progress(1))]);
+    const parts: WriteReport[] = [];
+    if (op === 'create') {
+      parts.push(...(await both()));
+      if (related.length > 0) parts.push(await t0.run(op, table, [], related, progress(2)));
+    } else {
+      if (related.length > 0) parts.push(await t0.run(op, table, [], related, progress(2)));
+      parts.push(...(await both()));
+    }
+    const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
+    for (const r of parts) {
+      report.created += r.created;
+      report.replaced += r.replaced;
+      report.deleted += r.deleted;
+      report.failures.push(...r.failures);
+    }
+    return report;
   }
 
   private open(): CtnetlinkSocket {
@@ -103,7 +142,7 @@ export class ConntrackNetlink implements ConntrackPort {
   /** Create every live record of the selection (masters first); existing entries are replaced. */
   async create(selection: WriteSelection, onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
     const { plain, related } = liveSlots(selection);
-    if (this.thread) return this.thread.run('create', selection.table, plain, related, onProgress);
+    if (this.threads.length > 0) return this.threaded('create', selection.table, plain, related, onProgress);
     const total = plain.length + related.length;
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     const sock = this.open();
@@ -120,7 +159,7 @@ export class ConntrackNetlink implements ConntrackPort {
   /** Delete every live record of the selection (related entries before their masters). */
   async remove(selection: WriteSelection): Promise<WriteReport> {
     const { plain, related } = liveSlots(selection);
-    if (this.thread) return this.thread.run('remove', selection.table, plain, related);
+    if (this.threads.length > 0) return this.threaded('remove', selection.table, plain, related);
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     const sock = this.open();
     try {

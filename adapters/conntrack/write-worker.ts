@@ -42,6 +42,15 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
   let sock: CtnetlinkSocket | null = null;
   let writer: BulkWriter | null = null;
   let chain: Promise<void> = Promise.resolve();
+  let queued = 0;
+  // The socket lives only while jobs are queued: a thread that ends (the
+  // process exits) with a netlink socket still open aborts in native code.
+  const idle = (last = false): void => {
+    if (queued > (last ? 1 : 0)) return;
+    sock?.close();
+    sock = null;
+    writer = null;
+  };
 
   const job = async (j: WriteJob): Promise<void> => {
     const table = ConnectionTable.attach(j.sab);
@@ -57,21 +66,34 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
       await writer.remove(j.related, report);
       await writer.remove(j.plain, report);
     }
+    // Close before answering: the answer may be the last thing the process
+    // waits for, and a thread torn down with a socket still polling dies in
+    // the binding's native callback. Close outside that callback, too (the
+    // last ACK resolved us from inside it, and it goes on reading after).
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    if (queued === 1) idle(true);
     port.postMessage({ id: j.id, kind: 'done', report } satisfies WriteAnswer);
   };
 
   port.on('message', (j: WriteJob) => {
+    queued++;
     chain = chain.then(
       () => job(j),
       () => job(j),
     );
-    chain.catch((e: unknown) => {
-      // A socket that failed is opened anew for the next job.
-      sock?.close();
-      sock = null;
-      writer = null;
-      port.postMessage({ id: j.id, kind: 'failed', message: e instanceof Error ? e.message : String(e) } satisfies WriteAnswer);
-    });
+    chain.then(
+      () => {
+        queued--;
+      },
+      (e: unknown) => {
+        queued--;
+        // A socket that failed is opened anew for the next job.
+        sock?.close();
+        sock = null;
+        writer = null;
+        port.postMessage({ id: j.id, kind: 'failed', message: e instanceof Error ? e.message : String(e) } satisfies WriteAnswer);
+      },
+    );
   });
 }
 

@@ -95,6 +95,23 @@ describe('conntrack netlink adapter (real kernel, network namespaces)', function
     assert.ok(second.report.failures.every((f) => f.code === 'ENOENT'));
   });
 
+  it("writes through the daemon's writer threads exactly as in-process: create, replace, per-entry ENOENT on delete", () => {
+    const file = join(dir, 'table.bin');
+    const threaded = (ns: string, ...args: string[]): string => execFileSync('ip', ['netns', 'exec', ns, 'env', 'CTM_WRITER_THREADS=1', process.execPath, runner, ...args], { encoding: 'utf8' });
+    const last = <T>(out: string): T => JSON.parse(out.trim().split('\n').pop() as string) as T;
+    sh(B, 'conntrack', '-F');
+    const created = last<{ report: { created: number; failures: unknown[] } }>(threaded(B, 'load', file));
+    assert.deepEqual(created.report.failures, []);
+    assert.equal(created.report.created, 8);
+    assert.deepEqual(listed(B), listed(A), 'the same entries as the in-process load made');
+    assert.equal(last<{ report: { replaced: number } }>(threaded(B, 'load', file)).report.replaced, 8, 'a second load replaces every entry');
+    assert.equal(last<{ report: { deleted: number } }>(threaded(B, 'remove', file)).report.deleted, 8);
+    const again = last<{ report: { deleted: number; failures: Array<{ code: string }> } }>(threaded(B, 'remove', file));
+    assert.equal(again.report.deleted, 0);
+    assert.equal(again.report.failures.length, 8);
+    assert.ok(again.report.failures.every((f) => f.code === 'ENOENT'));
+  });
+
   it('follows an event flood, repairs overruns, and ends equal to the kernel table', async () => {
     const feed = spawn('ip', ['netns', 'exec', C, process.execPath, runner, 'feed', 'stdin', String(64 * 1024)], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
