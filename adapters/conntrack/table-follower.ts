@@ -17,16 +17,17 @@
  *   we re-dump; entries the dump does not return (and no event touched
  *   since) become tombstones, changed ones are upserted. Each such repair
  *   is counted (overruns, repaired) and reported through warn().
- * - The kernel sends an entry's destroy event before it unlinks the entry
- *   from its hash, so a dump running on another CPU can still copy the
- *   dying entry into a datagram queued after the destroy. A dump copy of a
- *   key destroyed since that dump began is therefore ignored; a re-created
- *   key arrives by its own NEW event (or, if that was dropped, by the next
+ * - The kernel marks an entry dying and sends its destroy event before it
+ *   unlinks the entry from its hash (a preempted deleter can take a while),
+ *   so a dump can still copy the dying entry, even into a datagram queued
+ *   after the destroy. A dump copy with the dying status bit, or of a key
+ *   destroyed since that dump began, is therefore ignored; a re-created key
+ *   arrives by its own NEW event (or, if that was dropped, by the next
  *   repair). Tombstones younger than a running dump are not reclaimed.
  * - This object is the table's only writer (it runs in the feed worker).
  */
 import { ConnectionTable } from '../../plugin/connection-table';
-import { R_EXT, R_FLAGS, RecordFlag } from '../../plugin/flow';
+import { R_EXT, R_FLAGS, RecordFlag, Status } from '../../plugin/flow';
 import { FlowFilter, flowMatches } from '../../plugin/flow-filter';
 import { FlowRecord, FlowView } from '../../plugin/flow-view';
 import { FeedStats } from '../../plugin/ports/connection-feed';
@@ -178,6 +179,7 @@ export class TableFollower {
   private initialEntry(buf: Buffer, off: number, end: number): void {
     if (!this.decode(buf, off, end)) return;
     const rec = this.rec;
+    if ((rec.status & Status.Dying) !== 0) return;
     if (!flowMatches(this.filter, rec) || this.destroyedSince(rec, this.initialFrom)) return;
     this.table.upsert(rec);
     if (this.table.previousVersion <= this.initialFrom) this.stats.dumped++;
@@ -186,6 +188,8 @@ export class TableFollower {
   private repairEntry(buf: Buffer, off: number, end: number): void {
     if (!this.decode(buf, off, end)) return;
     const rec = this.rec;
+    // Not seen: a live copy in the table is swept as gone.
+    if ((rec.status & Status.Dying) !== 0) return;
     const slot = this.findLive(rec);
     const seen = this.seen as Uint8Array;
     if (!flowMatches(this.filter, rec)) {

@@ -22,6 +22,23 @@ const recorded = readFileSync(join(fixtureDir, 'dump-6.18.hex'), 'utf8')
 const NLMSG_NOOP = 1;
 const IPCTNL_MSG_CT_DELETE = 2;
 
+const CTA_STATUS = 3;
+const IPS_DYING = 1 << 9;
+
+/** A recorded entry as a dump shows it while it is being deleted (status bit DYING). */
+function dying(entry: Buffer): Buffer {
+  const m = Buffer.from(entry);
+  for (let off = 20; off + 4 <= m.length; ) {
+    const len = m.readUInt16LE(off);
+    if ((m.readUInt16LE(off + 2) & 0x7fff) === CTA_STATUS) {
+      m.writeUInt32BE(m.readUInt32BE(off + 4) | IPS_DYING, off + 4);
+      return m;
+    }
+    off += (len + 3) & ~3;
+  }
+  throw new Error('recorded entry has no CTA_STATUS');
+}
+
 /** The destroy event the kernel sends for a recorded entry. */
 function destroyEvent(entry: Buffer): Buffer {
   const m = Buffer.from(entry);
@@ -114,6 +131,21 @@ describe('table follower overrun repair', () => {
     sock.answerDump(recorded.slice(0, 4));
     await clock.tickAsync(0);
     assert.equal(table.size, 3, 'the destroyed entry stays gone');
+  });
+
+  it('treats a dump copy marked dying as gone, whether or not its destroy event came first', async () => {
+    const { sock, table, f } = follower();
+    const started = f.start();
+    sock.answerDump([recorded[0], dying(recorded[1]), recorded[2]]);
+    await started;
+    assert.equal(table.size, 2, 'the initial dump skips the dying entry');
+
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
+    // Its destroy event was lost in the overrun; the re-dump still copies it, dying.
+    sock.answerDump([dying(recorded[0]), recorded[2]]);
+    await clock.tickAsync(0);
+    assert.equal(table.size, 1, 'the repair sweeps it');
   });
 
   it('runs a second repair when an overrun comes during a repair and the queue then stays quiet', async () => {
