@@ -37,6 +37,9 @@ const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 export class MigrationEngine implements MigrationService {
   private readonly vms = new Map<string, RegisteredVm>();
   private readonly trackers = new Map<string, VmTracker>();
+  /** Cancels of the timers that start tracking again after an incoming session (see pauseTracking). */
+  private readonly retrack = new Map<string, () => void>();
+  private stopping = false;
   private readonly sources = new Map<string, SourceMigration>();
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
@@ -95,8 +98,7 @@ export class MigrationEngine implements MigrationService {
    */
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const cancel of this.cancelRetrack.values()) cancel();
-    this.cancelRetrack.clear();
+    for (const uuid of [...this.retrack.keys()]) this.cancelTrackLater(uuid);
     for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
     for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
@@ -152,8 +154,7 @@ export class MigrationEngine implements MigrationService {
     const live = this.activeSession(id);
     if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
     await this.vmstate.detach(id);
-    this.cancelRetrack.get(id)?.();
-    this.cancelRetrack.delete(id);
+    this.cancelTrackLater(id);
     await this.trackers.get(id)?.stop();
     this.trackers.delete(id);
     this.vms.delete(id);
@@ -181,8 +182,7 @@ export class MigrationEngine implements MigrationService {
    * after it is over, off the VM's resume.
    */
   private async pauseTracking(uuid: string): Promise<void> {
-    this.cancelRetrack.get(uuid)?.();
-    this.cancelRetrack.delete(uuid);
+    this.cancelTrackLater(uuid);
     const t = this.trackers.get(uuid);
     if (!t) return;
     this.trackers.delete(uuid);
@@ -190,19 +190,22 @@ export class MigrationEngine implements MigrationService {
   }
 
   private trackLater(uuid: string): void {
-    this.cancelRetrack.get(uuid)?.();
-    this.cancelRetrack.set(
+    this.cancelTrackLater(uuid);
+    if (this.stopping) return;
+    this.retrack.set(
       uuid,
       this.clock.after(RETRACK_AFTER_MS, () => {
-        this.cancelRetrack.delete(uuid);
+        this.retrack.delete(uuid);
         const reg = this.vms.get(uuid);
-        if (reg && !this.stopping && !this.trackers.has(uuid)) this.track(reg.vm);
+        if (reg && !this.trackers.has(uuid)) this.track(reg.vm);
       }),
     );
   }
 
-  private readonly cancelRetrack = new Map<string, () => void>();
-  private stopping = false;
+  private cancelTrackLater(uuid: string): void {
+    this.retrack.get(uuid)?.();
+    this.retrack.delete(uuid);
+  }
 
   /** An incoming session for the VM is still importing (not yet ready, not failed). */
   private importing(uuid: string): boolean {

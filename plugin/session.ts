@@ -84,6 +84,8 @@ export class Session {
 
   /** Reports held back while the VM is paused (see hold()); null when reporting live. */
   private held: ServiceEvent[] | null = null;
+  /** QEMU has its answer: the next report releases what is held instead of waiting. */
+  private answered = false;
 
   /**
    * Hold reports back: the state and counters still change at once, but
@@ -113,9 +115,6 @@ export class Session {
     this.answered = false;
     if (held) for (const e of held) this.listener(e);
   }
-
-  /** QEMU has its answer: the next report releases what is held instead of waiting. */
-  private answered = false;
 
   private emit(e: ServiceEvent): void {
     if (this.held && this.answered) this.release();

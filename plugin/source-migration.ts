@@ -199,9 +199,9 @@ export class SourceMigration {
   private sealed(stop: number, digest: Uint8Array, entries: number, bytes: number): VmStateReference {
     this.shipped = stop;
     this.final = { kind: 'session', sessionId: this.session.id, finalVersion: stop, digest };
+    this.session.update({ sent: this.session.info.sent + entries, bytes: this.session.info.bytes + bytes, version: stop });
     this.session.moveTo('cutover');
     this.log.info('residual delta shipped', { vm: this.vm.uuid, session: this.session.id, entries, bytes, version: stop });
-    this.session.update({ sent: this.session.info.sent + entries, bytes: this.session.info.bytes + bytes, version: stop });
     return this.final;
   }
 

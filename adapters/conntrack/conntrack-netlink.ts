@@ -13,7 +13,7 @@
  *   while idle).
  */
 import { ConnectionTable, Scan } from '../../plugin/connection-table';
-import { ExtFlag, R_EXT, R_FLAGS, R_VERSION_HI, R_VERSION_LO, RecordFlag, X_PRESENT } from '../../plugin/flow';
+import { ExtFlag, R_EXT, R_FLAGS, RecordFlag, X_PRESENT } from '../../plugin/flow';
 import { FlowFilter, flowMatches } from '../../plugin/flow-filter';
 import { FlowRecord, FlowView } from '../../plugin/flow-view';
 import { ConntrackPort, DumpStats, WriteReport, WriteSelection } from '../../plugin/ports/conntrack-port';
@@ -173,11 +173,6 @@ export class ConntrackNetlink implements ConntrackPort {
   }
 }
 
-function versionAt(t: ConnectionTable, slot: number): number {
-  const rec = t.recordOffset(slot);
-  return t.u32[(rec + R_VERSION_LO) >> 2] + t.u16[(rec + R_VERSION_HI) >> 1] * 0x1_0000_0000;
-}
-
 /**
  * Live slots of a selection (version in (from, upTo], chosen by its filter,
  * among its slots when it names them), split into entries without and with
@@ -204,7 +199,7 @@ export function liveSlots(selection: WriteSelection): { plain: number[]; related
       if (!(slot >= 0 && slot < t.capacity)) continue;
       const rec = t.recordOffset(slot);
       if ((t.u8[rec + R_FLAGS] & RecordFlag.Live) === 0) continue;
-      const version = versionAt(t, slot);
+      const version = t.versionOf(slot);
       if (version <= from || version > upTo) continue;
       const ext = t.u32[(rec + R_EXT) >> 2];
       take(v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1)), slot);

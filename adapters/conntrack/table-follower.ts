@@ -57,6 +57,8 @@ export class TableFollower {
   private pendingRepair = false;
   private waitTimer: NodeJS.Timeout | null = null;
   private repairing = false;
+  /** Destroy events applied since the running dump began: without any, no dump copy can be stale. */
+  private destroyedInDump = 0;
   private stopped = false;
   private readonly syncs = new Map<number, () => void>();
   private idleWaiters: Array<() => void> = [];
@@ -93,6 +95,7 @@ export class TableFollower {
   /** Run the initial dump; resolves when its entries are in the table. */
   async start(): Promise<FeedStats> {
     this.initialFrom = this.table.version;
+    this.destroyedInDump = 0;
     this.repairing = true;
     try {
       await this.runner.run(this.plan.requests);
@@ -139,6 +142,7 @@ export class TableFollower {
 
   /** True when rec's key was destroyed (is a tombstone) after version `from`. */
   private destroyedSince(rec: FlowView, from: number): boolean {
+    if (this.destroyedInDump === 0) return false;
     const t = this.table;
     const slot = t.find(rec);
     if (slot < 0) return false;
@@ -212,7 +216,7 @@ export class TableFollower {
     const rec = this.rec;
     this.stats.events++;
     if ((messageType(buf, off) & 0xff) === CtMsg.Delete) {
-      this.table.remove(rec);
+      if (this.table.remove(rec) >= 0 && this.repairing) this.destroyedInDump++;
       return;
     }
     const slot = this.findLive(rec);
@@ -260,6 +264,7 @@ export class TableFollower {
     this.seen ??= new Uint8Array(t.capacity);
     this.seen.fill(0);
     this.repairFrom = t.version;
+    this.destroyedInDump = 0;
     this.runner.setSink((b, o, e) => this.repairEntry(b, o, e));
     try {
       await this.runner.run(this.plan.requests);

@@ -45,8 +45,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
   let queued = 0;
   // The socket lives only while jobs are queued: a thread that ends (the
   // process exits) with a netlink socket still open aborts in native code.
-  const idle = (last = false): void => {
-    if (queued > (last ? 1 : 0)) return;
+  const close = (): void => {
     sock?.close();
     sock = null;
     writer = null;
@@ -71,7 +70,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
     // the binding's native callback. Close outside that callback, too (the
     // last ACK resolved us from inside it, and it goes on reading after).
     await new Promise<void>((resolve) => setImmediate(resolve));
-    if (queued === 1) idle(true);
+    if (queued === 1) close();
     port.postMessage({ id: j.id, kind: 'done', report } satisfies WriteAnswer);
   };
 
@@ -88,9 +87,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
       (e: unknown) => {
         queued--;
         // A socket that failed is opened anew for the next job.
-        sock?.close();
-        sock = null;
-        writer = null;
+        close();
         port.postMessage({ id: j.id, kind: 'failed', message: e instanceof Error ? e.message : String(e) } satisfies WriteAnswer);
       },
     );

@@ -127,9 +127,9 @@ export class NftablesBlocker implements BlockerPort {
           try {
             await this.quickLift(id, addresses, this.families);
             this.desired = next;
-            const tidy = `remove the emptied sets of VM ${id}`;
-            if (options?.paused) this.scheduleTidy(tidy);
-            else void this.serial(() => this.write(this.desired ?? next, tidy, 'the empty sets stay')).catch(() => undefined);
+            this.scheduleTidy(`remove the emptied sets of VM ${id}`);
+            // Not paused: the tidy-up goes next in line, right behind this call.
+            if (!options?.paused) this.runTidy();
             return;
           } catch {
             // fall through to nft

@@ -529,13 +529,23 @@ function compareKeys(fa: string, fb: string): CtmRun['check'] {
   return { a: a.size, b: b.size, missing, extra, markDiff, ok: false };
 }
 
+/** dump-helper.ts on its own bus on each host (with `mode`, e.g. --empty), ready; `obj` is QEMU's -object for a bus. */
+async function startHelpers(lab: Lab, dir: string, A: Host, B: Host, name: string, mode: string[]): Promise<{ ha: LabProcess; hb: LabProcess; busA: string; busB: string; obj: (bus: string) => string }> {
+  const [busA, busB] = await Promise.all([startBus(lab, dir, `${name}A`), startBus(lab, dir, `${name}B`)]);
+  const ha = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busA, VM_ADDRESS, ...mode]);
+  const hb = lab.spawn(B.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busB, VM_ADDRESS, ...mode]);
+  try {
+    await Promise.all([ha.waitFor(/"ready":true/, 20_000), hb.waitFor(/"ready":true/, 20_000)]);
+  } catch (e) {
+    await Promise.all([ha.stop(1000), hb.stop(1000)]);
+    throw e;
+  }
+  return { ha, hb, busA, busB, obj: (bus) => `dbus-vmstate,id=${name}0,addr=${bus},id-list=dumpall` };
+}
+
 async function dumpHelperRun(lab: Lab, dir: string, A: Host, B: Host, n: number): Promise<DumpHelperRun> {
   const L = sizeLabel(n);
-  const [busA, busB] = await Promise.all([startBus(lab, dir, 'dumpA'), startBus(lab, dir, 'dumpB')]);
-  const ha = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busA, VM_ADDRESS]);
-  const hb = lab.spawn(B.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busB, VM_ADDRESS]);
-  await Promise.all([ha.waitFor(/"ready":true/, 20_000), hb.waitFor(/"ready":true/, 20_000)]);
-  const obj = (bus: string): string => `dbus-vmstate,id=dumpall0,addr=${bus},id-list=dumpall`;
+  const { ha, hb, busA, busB, obj } = await startHelpers(lab, dir, A, B, 'dumpall', []);
   const port = nextPort++;
   let qa: Qemu | undefined;
   let qb: Qemu | undefined;
@@ -578,13 +588,9 @@ async function dumpHelperRun(lab: Lab, dir: string, A: Host, B: Host, n: number)
 
 /** Migrations with dump-helper.ts --empty on both hosts: Save() gives 64 bytes, Load() does nothing. */
 async function emptyHelperRuns(lab: Lab, dir: string, A: Host, B: Host, reps: number): Promise<number[]> {
-  const [busA, busB] = await Promise.all([startBus(lab, dir, 'emptyA'), startBus(lab, dir, 'emptyB')]);
-  const ha = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busA, VM_ADDRESS, '--empty']);
-  const hb = lab.spawn(B.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, DUMP_HELPER, busB, VM_ADDRESS, '--empty']);
+  const { ha, hb, busA, busB, obj } = await startHelpers(lab, dir, A, B, 'empty', ['--empty']);
   const out: number[] = [];
   try {
-    await Promise.all([ha.waitFor(/"ready":true/, 20_000), hb.waitFor(/"ready":true/, 20_000)]);
-    const obj = (bus: string): string => `dbus-vmstate,id=empty0,addr=${bus},id-list=dumpall`;
     for (let r = 0; r < reps; r++) {
       const port = nextPort++;
       let qa: Qemu | undefined;

@@ -94,22 +94,22 @@ describe('table follower overrun repair', () => {
   });
   afterEach(() => clock.restore());
 
-  function follower(): { sock: ScriptedSocket; table: ConnectionTable; f: TableFollower } {
+  /** A follower whose initial dump returned `initial`, then an overrun whose repair dump was requested. */
+  async function repairing(initial: Buffer[]): Promise<{ sock: ScriptedSocket; table: ConnectionTable; f: TableFollower }> {
     const sock = new ScriptedSocket();
     const table = ConnectionTable.create({ capacity: 64 });
     const f = new TableFollower(sock as unknown as CtnetlinkSocket, table, { addresses: [] }, planDump({ addresses: [] }, [6, 18]), () => undefined);
+    const started = f.start();
+    sock.answerDump(initial);
+    await started;
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
     return { sock, table, f };
   }
 
   it('tombstones what a re-dump after an overrun no longer returns', async () => {
-    const { sock, table, f } = follower();
-    const started = f.start();
-    sock.answerDump(recorded.slice(0, 4));
-    await started;
+    const { sock, table, f } = await repairing(recorded.slice(0, 4));
     assert.equal(table.size, 4);
-
-    sock.handlers.overrun?.();
-    sock.handlers.drained?.();
     sock.answerDump(recorded.slice(0, 2));
     await clock.tickAsync(0);
     assert.equal(table.size, 2);
@@ -117,13 +117,7 @@ describe('table follower overrun repair', () => {
   });
 
   it('ignores a dump copy of an entry whose destroy event came first (the kernel unlinks it after the event)', async () => {
-    const { sock, table, f } = follower();
-    const started = f.start();
-    sock.answerDump(recorded.slice(0, 4));
-    await started;
-
-    sock.handlers.overrun?.();
-    sock.handlers.drained?.();
+    const { sock, table } = await repairing(recorded.slice(0, 4));
     // While the repair dump runs, entry 0 is destroyed: the event is queued,
     // then a dump datagram still carrying the dying entry.
     sock.handlers.event?.(destroyEvent(recorded[0]), 0, recorded[0].length);
@@ -134,14 +128,8 @@ describe('table follower overrun repair', () => {
   });
 
   it('treats a dump copy marked dying as gone, whether or not its destroy event came first', async () => {
-    const { sock, table, f } = follower();
-    const started = f.start();
-    sock.answerDump([recorded[0], dying(recorded[1]), recorded[2]]);
-    await started;
+    const { sock, table } = await repairing([recorded[0], dying(recorded[1]), recorded[2]]);
     assert.equal(table.size, 2, 'the initial dump skips the dying entry');
-
-    sock.handlers.overrun?.();
-    sock.handlers.drained?.();
     // Its destroy event was lost in the overrun; the re-dump still copies it, dying.
     sock.answerDump([dying(recorded[0]), recorded[2]]);
     await clock.tickAsync(0);
@@ -149,13 +137,7 @@ describe('table follower overrun repair', () => {
   });
 
   it('runs a second repair when an overrun comes during a repair and the queue then stays quiet', async () => {
-    const { sock, table, f } = follower();
-    const started = f.start();
-    sock.answerDump(recorded.slice(0, 4));
-    await started;
-
-    sock.handlers.overrun?.();
-    sock.handlers.drained?.();
+    const { sock, table, f } = await repairing(recorded.slice(0, 4));
     assert.equal(sock.dumps.length, 1, 'the first repair dump was requested');
     // The kernel drops events again while the repair dump runs, then goes quiet.
     sock.handlers.overrun?.();

@@ -1,6 +1,7 @@
 import 'reflect-metadata';
 import assert from 'node:assert/strict';
 import sinon from 'sinon';
+import { RETRACK_AFTER_MS } from '../../../plugin/migration-engine';
 import { MessageKind, PeerMessage, PeerRole } from '../../../plugin/peer-protocol';
 import { decodeReference, encodeReference } from '../../../plugin/vmstate-reference';
 import { FakeClock } from './fakes/fake-clock';
@@ -150,6 +151,9 @@ describe('migration engine: a failed or cancelled migration leaves both hosts as
     const failed = b.events.find((e) => e.kind === 'failed');
     assert.ok(failed && failed.kind === 'failed');
     assert.match(failed.reason, /ECONNREFUSED/);
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 0, 'tracking paused for the attempt');
+    await clock.run(RETRACK_AFTER_MS);
+    assert.equal(b.feeds.started.filter((f) => !f.stopped).length, 1, 'B tracks the VM again after the failed attempt');
   });
 
   it('a second prepare-incoming for a VM whose session runs is refused', async () => {
