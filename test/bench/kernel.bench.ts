@@ -43,7 +43,7 @@ import { syntheticEntries } from '../integration/lab/bulk';
 import { ConntrackdPair } from '../integration/lab/conntrackd';
 import { Lab, NetNs } from '../integration/lab/netns';
 import { CONNTRACK_MAX, HASHSIZE, HostTuning, readNumber, restoreStale, RMEM_MAX } from './host-tuning';
-import { fmtBytes, fmtRate, median, renderTable, Row } from './report';
+import { argWalker, fmtBytes, fmtRate, median, renderTable, Row, sayAs, sizeLabel } from './report';
 
 const DIST = join(__dirname, '..', '..');
 const PROBE = join(__dirname, 'ns-probe.js');
@@ -84,18 +84,10 @@ function usage(): never {
 function parseArgs(argv: string[]): Options {
   const o: Options = { sizes: [100_000, 1_000_000], reps: 3, cliSample: 300, quick: false };
   let sizesGiven = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) usage();
-      return v;
-    };
-    const num = (s: string): number => {
-      const n = Number(s.replace(/_/g, '').replace(/k$/i, '000').replace(/m$/i, '000000'));
-      if (!Number.isInteger(n) || n <= 0) usage();
-      return n;
-    };
+  const args = argWalker(argv, usage);
+  const val = args.value;
+  const num = args.count;
+  for (let a = args.next(); a !== undefined; a = args.next()) {
     if (a === '--sizes') {
       o.sizes = val().split(',').map(num);
       sizesGiven = true;
@@ -111,12 +103,7 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
-const say = (s: string): void => {
-  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
-};
-
-const sizeLabel = (n: number): string =>
-  n >= 1_000_000 && n % 1_000_000 === 0 ? `${n / 1_000_000}M` : n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n);
+const say = sayAs('bench');
 
 // ---- child processes -------------------------------------------------------
 

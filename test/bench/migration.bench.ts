@@ -51,7 +51,7 @@ import { ConntrackdPair } from '../integration/lab/conntrackd';
 import { Lab, LabProcess, NetNs, reapStaleNamespaces } from '../integration/lab/netns';
 import { Qmp } from '../integration/lab/qemu';
 import { CONNTRACK_MAX, HASHSIZE, HostTuning, readNumber, restoreStale } from './host-tuning';
-import { fmtBytes, fmtRate, median, renderTable, Row } from './report';
+import { argWalker, fmtBytes, fmtRate, median, renderTable, Row, sayAs, sizeLabel } from './report';
 
 const DIST = join(__dirname, '..', '..');
 const CTL = join(DIST, 'adapters', 'cli', 'ctmigratectl.js');
@@ -103,18 +103,10 @@ function parseArgs(argv: string[]): Options {
   const o: Options = { sizes: [10_000, 100_000, 1_000_000], reps: 3, plainReps: 5, churn: 0.01, churnMs: 1000, conntrackd: true, dumpHelper: true };
   let sizesGiven = false;
   let quick = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) usage();
-      return v;
-    };
-    const num = (s: string): number => {
-      const n = Number(s.replace(/_/g, '').replace(/k$/i, '000').replace(/m$/i, '000000'));
-      if (!Number.isInteger(n) || n <= 0) usage();
-      return n;
-    };
+  const args = argWalker(argv, usage);
+  const val = args.value;
+  const num = args.count;
+  for (let a = args.next(); a !== undefined; a = args.next()) {
     if (a === '--sizes') {
       o.sizes = val().split(',').map(num);
       sizesGiven = true;
@@ -136,12 +128,7 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
-const say = (s: string): void => {
-  process.stderr.write(`[migbench ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
-};
-
-const sizeLabel = (n: number): string =>
-  n >= 1_000_000 && n % 1_000_000 === 0 ? `${n / 1_000_000}M` : n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n);
+const say = sayAs('migbench');
 
 const wallMs = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -46,3 +46,35 @@ export function renderTable(rows: Row[]): string {
     )
     .join('\n');
 }
+
+/** "100k", "1M", or the number itself. */
+export function sizeLabel(n: number): string {
+  return n >= 1_000_000 && n % 1_000_000 === 0 ? `${n / 1_000_000}M` : n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n);
+}
+
+/** A progress line on stderr, stamped with the time and the benchmark's name. */
+export function sayAs(name: string): (s: string) => void {
+  return (s) => process.stderr.write(`[${name} ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
+}
+
+/**
+ * Walks a command line: `value()` takes the option's argument, `count()`
+ * reads a positive integer ("100_000", "100k", "1M"); anything wrong calls
+ * `usage` (which exits).
+ */
+export function argWalker(argv: readonly string[], usage: () => never): { next(): string | undefined; value(): string; count(s: string): number } {
+  let i = -1;
+  return {
+    next: () => argv[++i],
+    value: () => {
+      const v = argv[++i];
+      if (v === undefined) usage();
+      return v;
+    },
+    count: (s) => {
+      const n = Number(s.replace(/_/g, '').replace(/k$/i, '000').replace(/m$/i, '000000'));
+      if (!Number.isInteger(n) || n <= 0) usage();
+      return n;
+    },
+  };
+}
