@@ -60,7 +60,9 @@ export class TableFollower {
   /** Destroy events applied since the running dump began: without any, no dump copy can be stale. */
   private destroyedInDump = 0;
   private stopped = false;
-  private readonly syncs = new Map<number, () => void>();
+  /** Barriers waiting for their ACK, with how many repairs had started when each was sent. */
+  private readonly syncs = new Map<number, { done: () => void; repairsBefore: number }>();
+  private repairsStarted = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
@@ -79,7 +81,7 @@ export class TableFollower {
         const synced = this.syncs.get(s);
         if (synced) {
           this.syncs.delete(s);
-          synced();
+          synced.done();
         } else void this.runner.ack(s, e);
       },
       event: (b, o, e) => this.event(b, o, e),
@@ -109,7 +111,10 @@ export class TableFollower {
    * Resolves once every event the kernel queued for us before this call is
    * in the table (and any repair it set off has finished). The barrier is a
    * NOOP request with ACK on the event socket: its answer is queued behind
-   * those events, and the reader hands datagrams over in order.
+   * those events, and the reader hands datagrams over in order. A full
+   * queue drops that ACK like any event (an overrun, or silently while the
+   * socket is still congested from one); a repair that started after the
+   * barrier was sent covers it instead (see repair()).
    */
   sync(): Promise<void> {
     const seq = this.sock.reserve(1);
@@ -119,9 +124,12 @@ export class TableFollower {
     msg.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
     msg.writeUInt32LE(seq, 8);
     return new Promise<void>((resolve) => {
-      this.syncs.set(seq, () => {
-        if (!this.repairing && !this.pendingRepair) resolve();
-        else this.idleWaiters.push(resolve);
+      this.syncs.set(seq, {
+        repairsBefore: this.repairsStarted,
+        done: () => {
+          if (!this.repairing && !this.pendingRepair) resolve();
+          else this.idleWaiters.push(resolve);
+        },
       });
       this.sock.send(msg);
     });
@@ -260,6 +268,7 @@ export class TableFollower {
   private async repair(): Promise<void> {
     this.pendingRepair = false;
     this.repairing = true;
+    this.repairsStarted++;
     const t = this.table;
     this.seen ??= new Uint8Array(t.capacity);
     this.seen.fill(0);
@@ -290,6 +299,13 @@ export class TableFollower {
         const waiters = this.idleWaiters;
         this.idleWaiters = [];
         for (const w of waiters) w();
+        // Barriers sent before this repair's dump began are covered by it,
+        // whether or not their ACK survived the overrun.
+        for (const [seq, b] of this.syncs) {
+          if (b.repairsBefore >= this.repairsStarted) continue;
+          this.syncs.delete(seq);
+          b.done();
+        }
       }
     }
   }

@@ -159,4 +159,35 @@ describe('table follower overrun repair', () => {
     assert.equal(table.size, 1, 'second repair applied');
     assert.equal(synced, true, 'sync resolves once the table is repaired');
   });
+
+  it('a sync whose ACK the overrun dropped resolves once the repair that followed is done', async () => {
+    const sock = new ScriptedSocket();
+    const table = ConnectionTable.create({ capacity: 64 });
+    const f = new TableFollower(sock as unknown as CtnetlinkSocket, table, { addresses: [] }, planDump({ addresses: [] }, [6, 18]), () => undefined);
+    const started = f.start();
+    sock.answerDump(recorded.slice(0, 4));
+    await started;
+
+    let synced = false;
+    void f.sync().then(() => (synced = true));
+    // The queue is full: the barrier's ACK is dropped, and the kernel reports the overrun.
+    sock.noops.splice(0);
+    sock.handlers.overrun?.();
+    sock.handlers.drained?.();
+    await clock.tickAsync(0);
+    assert.equal(sock.dumps.length, 1, 'the repair dump was requested');
+    assert.equal(synced, false, 'nothing is known before the repair');
+
+    // A second barrier sent while the repair runs still needs its own ACK.
+    let later = false;
+    void f.sync().then(() => (later = true));
+    sock.answerDump(recorded.slice(0, 2));
+    await clock.tickAsync(0);
+    assert.equal(table.size, 2, 'repair applied');
+    assert.equal(synced, true, 'the barrier sent before the repair is covered by it');
+    assert.equal(later, false, 'the barrier sent during the repair waits for its ACK');
+    sock.answerNoops();
+    await clock.tickAsync(0);
+    assert.equal(later, true);
+  });
 });
