@@ -24,6 +24,7 @@ import { FlowView } from '../../plugin/flow-view';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
 import { CtnetlinkSocket } from './ctnetlink-socket';
 import { FlowEncoder, hasLabels, MAX_MESSAGE_BYTES } from './flow-encoder';
+import { KernelTurn } from './kernel-turn';
 import { Errno, NlmFlag } from './netlink-message';
 import { WriteStep, writeFailure } from './write-failure';
 
@@ -79,6 +80,8 @@ export class BulkWriter {
     private readonly sock: CtnetlinkSocket,
     private table: ConnectionTable,
     batch = DEFAULT_BATCH,
+    /** Shared with the other writer threads: one send() in the kernel at a time (kernel-turn.ts). */
+    private readonly kernelTurn: KernelTurn | null = null,
   ) {
     const byRecv = Math.floor(sock.recvBufferSize / (2 * ERROR_ANSWER_BYTES));
     this.maxOps = Math.max(4, Math.min(batch, byRecv));
@@ -137,7 +140,7 @@ export class BulkWriter {
       const b = this.batches[this.turn++ & 1];
       const taken = this.fill(b, queue, i, mode);
       i += taken;
-      if (b.count > 0) this.sock.send(b.out.subarray(0, this.lastEnd));
+      if (b.count > 0) this.send(b);
       if (prev !== null) {
         await prev.settled;
         done += this.settle(prev, report, again);
@@ -153,6 +156,21 @@ export class BulkWriter {
   }
 
   private lastEnd = 0;
+
+  /** The kernel processes the whole batch inside this call. */
+  private send(b: Batch): void {
+    const turn = this.kernelTurn;
+    if (turn === null) {
+      this.sock.send(b.out.subarray(0, this.lastEnd));
+      return;
+    }
+    turn.take();
+    try {
+      this.sock.send(b.out.subarray(0, this.lastEnd));
+    } finally {
+      turn.give();
+    }
+  }
 
   /** Encode requests for queue[from..] into b; returns how many entries it took. */
   private fill(b: Batch, queue: number[], from: number, mode: Op): number {

@@ -23,6 +23,7 @@ import { CtnetlinkSocket, CtnetlinkSocketOptions } from './ctnetlink-socket';
 import { KernelVersion, planDump, runningKernel } from './dump-filter';
 import { DumpRunner } from './dump-runner';
 import { FlowDecoder } from './flow-decoder';
+import { KernelTurn } from './kernel-turn';
 import { WriteThread } from './write-thread';
 
 /** Settings of a ConntrackNetlink; all optional. */
@@ -54,12 +55,15 @@ export class ConntrackNetlink implements ConntrackPort {
   constructor(options?: ConntrackNetlinkOptions) {
     this.options = options ?? {};
     const n = this.options.writerThread ? WRITER_THREADS : 0;
-    this.threads = Array.from({ length: n }, () => new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize }));
+    const turn = new KernelTurn().sab;
+    this.threads = Array.from({ length: n }, () => new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize, turn }));
   }
 
   /**
    * Write on the writer threads: the kernel takes one ctnetlink request at a
-   * time, so two threads keep it busy while each encodes its next batch.
+   * time, so two threads keep it busy while each encodes its next batch;
+   * they take turns in send() (kernel-turn.ts) instead of spinning on the
+   * kernel's mutex.
    * Entries without a master are split between them; related ones follow
    * (on one thread) once every master is in. Removal runs the other way.
    */
@@ -90,6 +94,11 @@ export class ConntrackNetlink implements ConntrackPort {
       report.failures.push(...r.failures);
     }
     return report;
+  }
+
+  /** Start the writer threads now: a thread takes ~0.1 s to boot, which a snapshot import should not wait for. */
+  prepareWrites(): void {
+    for (const t of this.threads) t.warm();
   }
 
   private open(): CtnetlinkSocket {

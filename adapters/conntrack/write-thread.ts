@@ -41,6 +41,15 @@ export class WriteThread {
     });
   }
 
+  /** Boot the worker ahead of the first write (unref'd: it keeps nothing alive); errors surface on that write. */
+  warm(): void {
+    try {
+      this.start();
+    } catch {
+      // run() starts it again and reports the failure.
+    }
+  }
+
   private start(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(join(__dirname, 'write-worker.js'), { workerData: this.data });

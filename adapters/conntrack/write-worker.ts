@@ -17,11 +17,14 @@ import { ConnectionTable } from '../../plugin/connection-table';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
 import { BulkWriter, DEFAULT_BATCH } from './bulk-writer';
 import { CtnetlinkSocket, CtnetlinkSocketOptions } from './ctnetlink-socket';
+import { KernelTurn } from './kernel-turn';
 
 /** What the thread is started with. */
 export interface WriteWorkerData {
   socket: CtnetlinkSocketOptions;
   batchSize?: number;
+  /** The turn this thread shares with its sibling writers (kernel-turn.ts). */
+  turn?: SharedArrayBuffer;
 }
 
 /** One write: the table's memory and the slots to write, entries without a master first. */
@@ -43,6 +46,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
   let writer: BulkWriter | null = null;
   let chain: Promise<void> = Promise.resolve();
   let queued = 0;
+  const turn = data.turn ? new KernelTurn(data.turn) : null;
   // The socket lives only while jobs are queued: a thread that ends (the
   // process exits) with a netlink socket still open aborts in native code.
   const close = (): void => {
@@ -55,7 +59,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
     const table = ConnectionTable.attach(j.sab);
     if (sock === null || writer === null) {
       sock = new CtnetlinkSocket(data.socket);
-      writer = new BulkWriter(sock, table, data.batchSize ?? DEFAULT_BATCH);
+      writer = new BulkWriter(sock, table, data.batchSize ?? DEFAULT_BATCH, turn);
     } else writer.useTable(table);
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     if (j.op === 'create') {

@@ -67,5 +67,11 @@ export interface ConntrackPort {
   create(selection: WriteSelection, onProgress?: (done: number, total: number) => void): Promise<WriteReport>;
   /** Delete every live record of the selection from the kernel (absent ones count as failures with ENOENT). */
   remove(selection: WriteSelection): Promise<WriteReport>;
+  /**
+   * A bulk write is coming soon (an incoming migration): get ready for it
+   * now, off the clock (the netlink adapter starts its writer threads).
+   * Optional; never fails.
+   */
+  prepareWrites?(): void;
 }
 export const ConntrackPort = Symbol('ConntrackPort');

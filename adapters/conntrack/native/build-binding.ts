@@ -1,6 +1,6 @@
 /**
  * Builds ctmigrate's netlink binding: the `netlink` package's own C++
- * socket binding, compiled from the package's source with three fixes:
+ * socket binding, compiled from the package's source with these fixes:
  *
  * 1. An overrun (ENOBUFS) makes the kernel flag a socket error, which epoll
  *    reports as EPOLLERR; the package then builds an error with a NULL
@@ -16,6 +16,11 @@
  *    copy and one callback per batch, instead of a fresh 64 KiB allocation
  *    and a callback per datagram (every event is its own datagram). The
  *    callback's info says whether the batch ended on an empty queue.
+ * 5. send() goes to the kernel inside the call whenever nothing waits to be
+ *    sent. The package also waited while the completion callbacks of
+ *    earlier sends were still to run, so every other batch went out later
+ *    from a timer: the writer threads' turn (kernel-turn.ts) is held around
+ *    send() and must cover the kernel's work on the batch.
  *
  * Run by `npm run build` after tsc. Offline: it needs g++, make, python3 and
  * Node's headers (nodedir), and node-gyp from npm. If it cannot build, the
@@ -148,6 +153,12 @@ const PATCHES: Patch[] = [
             return;
         }
 `,
+  },
+  {
+    why: 'send inside the call',
+    find: `        bool empty_queue = write_queue.empty() && completed_queue.empty();`,
+    replace: `        // Pending completions keep their order (they are queued behind), so they are no reason to wait.
+        bool empty_queue = write_queue.empty();`,
   },
 ];
 
