@@ -239,6 +239,8 @@ export class MigrationEngine implements MigrationService {
     const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;
     const source = options.source ? parsePeerAddress(options.source, 'source') : null;
     this.replace(vm.uuid);
+    // The snapshot's kernel writes start within a second: get the writers ready meanwhile.
+    this.conntrack.prepareWrites?.();
     await this.pauseTracking(vm.uuid);
     const session = new Session('destination', vm.uuid, formatReadiness(readiness), this.clock, this.emit);
     this.emit({ kind: 'session-added', session: session.snapshot() });

@@ -72,7 +72,7 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
   });
 
   function bigTable(n: number): ConnectionTable {
-    const t = ConnectionTable.create({ capacity: n + 16 });
+    const t = ConnectionTable.create({ capacity: n + Math.ceil(n / 50) + 16 });
     for (let i = 0; i < n; i++) {
       t.upsert(tcp('198.51.100.9', 10000 + i, VM_V4, 22));
       // A foreign entry now and then: refused, never written.
@@ -107,6 +107,61 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     assert.equal(b.kernel.others(vmOnly).length, 1, 'no foreign entry reached the kernel');
     assert.ok(b.blocker.isBlocked(VM_UUID), 'policy complete: still blocked');
     assert.equal(b.log.at('warn').filter((m) => /refused 12 entries that do not belong to the VM/.test(m)).length, 1, 'one warning for the whole snapshot');
+  });
+
+  it('queues the next chunk for the kernel while the one before is still being written, never more than two at once', async () => {
+    const table = bigTable(900);
+    await offer(table);
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    const parts = pieces(snap.bytes, 4);
+    assert.equal(parts.length, 4);
+    // Every create waits until the test lets it through.
+    const held: Array<() => void> = [];
+    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    await chunk(0, parts[0], false);
+    assert.equal(held.length, 1, 'the first part is on its way in');
+    await chunk(1, parts[1], false);
+    assert.equal(held.length, 2, 'the second part is queued while the first is still being written');
+    assert.equal(b.kernel.texts(vmOnly).length, 1, 'nothing of the session is in yet (B had one VM entry of its own)');
+    await chunk(2, parts[2], false);
+    assert.equal(held.length, 2, 'the third part waits until the first is in');
+    held[0]();
+    await clock.run(0);
+    assert.equal(held.length, 3, 'the first is in: the third goes');
+    assert.equal(sessionOf(b).state, 'precopy', sessionOf(b).error);
+    b.conntrack.gate = null;
+    for (const letThrough of held.slice(1)) letThrough();
+    await clock.run(0);
+    await chunk(3, parts[3], true);
+    const s = sessionOf(b);
+    assert.equal(s.state, 'streaming', s.error);
+    assert.equal(s.committed, 900);
+    assert.equal(b.kernel.texts(vmOnly).length, 901);
+  });
+
+  it('a session that fails while two parts are on their way in removes both once they have landed', async () => {
+    const table = bigTable(600);
+    await offer(table);
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    const bytes = Uint8Array.from(snap.bytes);
+    bytes[bytes.length - 1] ^= 0xff; // the trailer's CRC: the last chunk fails the session
+    const parts = pieces(bytes, 3);
+    const held: Array<() => void> = [];
+    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    await chunk(0, parts[0], false);
+    await chunk(1, parts[1], false);
+    assert.equal(held.length, 2);
+    // The last chunk comes while both parts are still being written.
+    await conn.send({ kind: MessageKind.SnapshotChunk, seq: 2, last: true, bytes: parts[2] });
+    await clock.run(0);
+    b.conntrack.gate = null;
+    for (const letThrough of held) letThrough();
+    await clock.run(0);
+    const s = sessionOf(b);
+    assert.equal(s.state, 'failed');
+    assert.match(s.error, /checksum mismatch/);
+    assert.deepEqual(b.kernel.texts(), bBefore, 'both parts landed and were removed again; B keeps its own entry');
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
   });
 
   it('a snapshot whose checksum does not match at its end fails the session and removes what the earlier chunks committed', async () => {
