@@ -102,12 +102,23 @@ export class SnapshotEncoder {
   private pending: Promise<void> | null = null;
   private sinkError: unknown = null;
 
+  /** Size of the next chunk: from `firstChunkBytes`, doubling up to `chunkBytes`. */
+  private nextBytes: number;
+
+  /**
+   * `firstChunkBytes`: start with smaller chunks and double up to
+   * `chunkBytes`, so that a reader waiting for the first entries (a
+   * destination whose kernel writes wait for them) gets them sooner.
+   */
   constructor(
     private readonly sink: ChunkSink,
     private readonly chunkBytes = DEFAULT_CHUNK_BYTES,
+    firstChunkBytes = chunkBytes,
   ) {
     if (!(chunkBytes >= 512)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below 512 bytes`);
-    this.buf = Buffer.allocUnsafe(chunkBytes);
+    if (!(firstChunkBytes >= 512)) throw new RangeError(`first snapshot chunk size ${firstChunkBytes} is below 512 bytes`);
+    this.nextBytes = Math.min(firstChunkBytes, chunkBytes);
+    this.buf = Buffer.allocUnsafe(this.nextBytes);
   }
 
   /** Entries written so far. */
@@ -324,7 +335,8 @@ export class SnapshotEncoder {
     const chunk = this.buf.subarray(0, this.pos);
     this.crc = crc32(chunk, this.crc) >>> 0;
     this.flushedBytes += this.pos;
-    this.buf = Buffer.allocUnsafe(this.chunkBytes);
+    this.nextBytes = Math.min(this.chunkBytes, this.nextBytes * 2);
+    this.buf = Buffer.allocUnsafe(this.nextBytes);
     this.pos = 0;
     this.hand(chunk);
   }
@@ -371,8 +383,9 @@ export async function encodeTable(
   sel: TableSelection,
   sink: ChunkSink,
   chunkBytes = DEFAULT_CHUNK_BYTES,
+  firstChunkBytes = chunkBytes,
 ): Promise<EncodeSummary> {
-  const enc = new SnapshotEncoder(sink, chunkBytes);
+  const enc = new SnapshotEncoder(sink, chunkBytes, firstChunkBytes);
   enc.begin(sel.scan === Scan.Delta ? SnapshotKind.Delta : SnapshotKind.Snapshot, sel.from, sel.to);
   const cur = table.cursor().reset(sel.scan, sel.from, sel.to);
   while (cur.next()) {

@@ -20,6 +20,9 @@ export interface SourceSettings {
 /** Room kept free in a frame for the message header around codec bytes. */
 const FRAME_SLACK = 256;
 
+/** The snapshot's first chunk (≈1000 entries); chunks double from there up to the full size. */
+const FIRST_CHUNK_BYTES = 64 * 1024;
+
 /**
  * The source side of one migration: follow the VM's entries into a table,
  * ship a snapshot, then every change in version order, and at cut-over the
@@ -93,21 +96,24 @@ export class SourceMigration {
     });
     this.session.moveTo('precopy');
     let seq = 0;
-    let held: Uint8Array | null = null;
     let bytes = 0;
     // Chunks must fit the frame limit the destination announced, which may be below the codec's default.
     const chunkBytes = Math.min(DEFAULT_CHUNK_BYTES, this.conn.peer.maxFrameBytes - FRAME_SLACK);
+    // Every chunk goes out as soon as it is full, small ones first: the
+    // destination's kernel writes start on the first entries instead of
+    // waiting for a whole chunk (and for the next one to be encoded). An
+    // empty chunk says "last".
     const summary = await encodeTable(
       table,
       { scan: Scan.Snapshot, from: 0, to: v0 },
       async (chunk) => {
-        if (held) await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: held });
-        held = chunk;
         bytes += chunk.length;
+        await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: chunk });
       },
       chunkBytes,
+      Math.min(chunkBytes, FIRST_CHUNK_BYTES),
     );
-    await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: true, bytes: held ?? new Uint8Array(0) });
+    await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: true, bytes: new Uint8Array(0) });
     this.shipped = v0;
     this.session.update({ sent: summary.entries, bytes, version: v0 });
     this.session.moveTo('streaming');

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import assert from 'node:assert/strict';
-import { MessageKind } from '../../../plugin/peer-protocol';
+import { MessageKind, SnapshotChunkMessage } from '../../../plugin/peer-protocol';
 import { decodeReference } from '../../../plugin/vmstate-reference';
 import { RETRACK_AFTER_MS } from '../../../plugin/migration-engine';
 import { RELEASE_AFTER_ANSWER_MS } from '../../../plugin/session';
@@ -177,6 +177,10 @@ describe('migration engine: a VM migrates from host A to host B', () => {
       const [link] = small.connectionsOf(a2.ip);
       const kinds = link.sent.map((m) => m.kind);
       assert.ok(kinds.filter((k) => k === MessageKind.SnapshotChunk).length > 1, 'the snapshot went in several chunks');
+      const chunks = link.sent.filter((m): m is SnapshotChunkMessage => m.kind === MessageKind.SnapshotChunk);
+      const last = chunks[chunks.length - 1];
+      assert.ok(last.last && last.bytes.length === 0 && chunks.slice(0, -1).every((c) => !c.last && c.bytes.length > 0), 'each chunk went out when full; an empty one says last');
+      assert.ok(chunks[0].bytes.length <= 64 * 1024, 'the first chunk is small');
       assert.ok(kinds.filter((k) => k === MessageKind.Changes).length > 2, 'big change sets went in several frames');
     } finally {
       await a2.engine.stop();

@@ -5,7 +5,7 @@ import sinon from 'sinon';
 import { CodecError, SnapshotFormatError } from '../../../plugin/codec-error';
 import { ConnectionTable, Scan } from '../../../plugin/connection-table';
 import { FlowRecord } from '../../../plugin/flow-view';
-import { R_TIMEOUT } from '../../../plugin/flow';
+import { R_ORIG_SPORT, R_TIMEOUT } from '../../../plugin/flow';
 import { applyStaged, decodeSnapshot, SnapshotDecoder } from '../../../plugin/snapshot-decoder';
 import { encodeTable, encodeTableToBuffer, SnapshotEncoder } from '../../../plugin/snapshot-encoder';
 import { SnapshotKind } from '../../../plugin/snapshot-format';
@@ -113,6 +113,26 @@ describe('binary snapshot codec', () => {
       assert.equal(sum.bytes, chunks.reduce((n, c) => n + c.length, 0));
       const d = await readSnapshot(chunks, LIMITS);
       assert.equal(d.format, 'binary');
+      assertSameEntries(d.table, tableEntries(t));
+    });
+
+    it('starts with small chunks and doubles them up to the chunk size; the stream reads back the same', async () => {
+      const t = ConnectionTable.create({ capacity: 4096 });
+      const samples = sampleFlows().map(([, r]) => r);
+      for (let i = 0; i < 3000; i++) {
+        const r = new FlowRecord().copyFrom(samples[i % samples.length]);
+        r.setU16(R_ORIG_SPORT, 1024 + i);
+        t.upsert(r);
+      }
+      const chunks: Uint8Array[] = [];
+      const sum = await encodeTable(t, { scan: Scan.Snapshot, from: 0, to: t.version }, (c) => void chunks.push(Uint8Array.from(c)), 64 * 1024, 1024);
+      const sizes = chunks.map((c) => c.length);
+      // A chunk is flushed when the next entry might not fit: each is at most its budget and close to it.
+      const budgets = sizes.map((_, i) => Math.min(64 * 1024, 1024 << i));
+      for (let i = 0; i < sizes.length - 1; i++) assert.ok(sizes[i] <= budgets[i] && sizes[i] > budgets[i] / 2, `chunk ${i}: ${sizes[i]} bytes of ${budgets[i]} (${sizes.join(', ')})`);
+      assert.ok(sizes.length > 7 && budgets[sizes.length - 2] === 64 * 1024, `reaches the full size (${sizes.join(', ')})`);
+      assert.equal(sum.bytes, sizes.reduce((a, b) => a + b, 0));
+      const d = await readSnapshot(chunks, { ...LIMITS, maxEntries: 4096 });
       assertSameEntries(d.table, tableEntries(t));
     });
 
