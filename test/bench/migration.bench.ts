@@ -381,7 +381,8 @@ async function startHost(lab: Lab, ns: NetNs, dir: string, name: 'A' | 'B', psk:
   const args = [
     `DBUS_SYSTEM_BUS_ADDRESS=${bus}`,
     process.execPath,
-    ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf, '--cpu-prof-name', `ctmigrated-${name}-${Date.now()}.cpuprofile`] : []),
+    // One folder per daemon: each of its threads (main, feed, writers) writes its own profile there.
+    ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', join(cpuProf, `ctmigrated-${name}`)] : []),
     DAEMON,
     '--listen',
     `${name === 'A' ? ADDR_A : ADDR_B}:${PEER_PORT}`,
