@@ -86,6 +86,8 @@ export class MigrationEngine implements MigrationService {
 
   /** Start answering peers. */
   async start(): Promise<PeerAddress> {
+    // Writers ready (and warmed up) before the first incoming migration, not during it.
+    this.conntrack.prepareWrites?.();
     this.listener = await this.peers.listen(this.config.listen, (conn) => void this.incoming(conn));
     this.log.info('listening for peers', { address: formatPeerAddress(this.listener.address) });
     return this.listener.address;

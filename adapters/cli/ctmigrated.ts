@@ -7,6 +7,7 @@ import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
 import { MigrationEngine } from '../../plugin/migration-engine';
 import { MigrationService } from '../../plugin/migration-service';
 import { Log } from '../../plugin/ports/log-port';
+import { warmUpCodec } from '../../plugin/warm-up';
 import { CommandIo } from './command';
 import { buildDaemonContainer } from './composition-root';
 import { DAEMON_HELP, daemonConfig } from './daemon-options';
@@ -47,6 +48,8 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     log.warn(`${(e as Error).message}; entries created while no migration listens may not report changes`);
   }
   const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
+  // Before any session: the first migration should not run the codec in V8's slow tiers.
+  warmUpCodec();
 
   const restored = await engine.restore();
   if (restored > 0) log.info('VMs registered again from the run dir', { vms: restored });

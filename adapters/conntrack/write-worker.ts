@@ -15,9 +15,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ConnectionTable } from '../../plugin/connection-table';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
+import { FlowView } from '../../plugin/flow-view';
+import { WARM_UP_ENTRIES, warmUpTable } from '../../plugin/warm-up';
 import { BulkWriter, DEFAULT_BATCH } from './bulk-writer';
 import { CtnetlinkSocket, CtnetlinkSocketOptions } from './ctnetlink-socket';
+import { FlowEncoder, MAX_MESSAGE_BYTES } from './flow-encoder';
 import { KernelTurn } from './kernel-turn';
+import { NlmFlag } from './netlink-message';
 
 /** What the thread is started with. */
 export interface WriteWorkerData {
@@ -98,4 +102,24 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
   });
 }
 
-if (parentPort) run(workerData as WriteWorkerData, parentPort);
+/**
+ * Encode made-up entries once at thread start, before any job: V8 runs the
+ * encoder slowly until it has compiled it, and the first import should not
+ * pay for that (see plugin/warm-up.ts). Nothing is sent.
+ */
+function warmUp(): void {
+  const t = warmUpTable(WARM_UP_ENTRIES);
+  const enc = new FlowEncoder();
+  const buf = Buffer.allocUnsafe(1 << 20);
+  const v = new FlowView(t.u8, t.u16, t.u32);
+  let off = 0;
+  for (let slot = 0; slot < WARM_UP_ENTRIES; slot++) {
+    off = enc.encodeCreate(v.at(t.recordOffset(slot), -1), buf, off, slot, NlmFlag.Request | NlmFlag.Create | NlmFlag.Excl);
+    if (off > buf.length - 2 * MAX_MESSAGE_BYTES) off = 0;
+  }
+}
+
+if (parentPort) {
+  warmUp();
+  run(workerData as WriteWorkerData, parentPort);
+}
