@@ -12,6 +12,7 @@ import { PeerConnection } from './ports/peer-port';
 import { ImportProgress, isReady, Readiness } from './readiness';
 import { Session } from './session';
 import { decodeSnapshot, SnapshotDecoder } from './snapshot-decoder';
+import { SnapshotKind } from './snapshot-format';
 import { VmSpec, vmAddressTexts, vmFilter } from './vm';
 import { VmStateReference } from './vmstate-reference';
 
@@ -144,7 +145,8 @@ export class DestinationMigration {
   /** Take every message until the session ends; never throws (failures end the session). */
   async run(offer: OfferMessage): Promise<void> {
     const table = this.table;
-    const snapshot = new SnapshotDecoder({ maxEntries: this.settings.tableCapacity, staging: table });
+    // A snapshot holds no deletions: a delta here is refused, so no part can delete what another part is still creating.
+    const snapshot = new SnapshotDecoder({ maxEntries: this.settings.tableCapacity, staging: table, kind: SnapshotKind.Snapshot });
     /** Version of the session table up to which the snapshot is committed. */
     let committedTo = table.version;
     let received = 0;
@@ -168,7 +170,7 @@ export class DestinationMigration {
           snapshot.write(m.bytes);
           bytes += m.bytes.length;
           if (!m.last) {
-            const part = this.applySnapshotPart(committedTo, table.version, inFlight[inFlight.length - 1]);
+            const part = this.applySnapshotPart(committedTo, table.version);
             // Awaited later; a failure before then must not go unhandled.
             part.catch(() => undefined);
             inFlight.push(part);
@@ -180,7 +182,9 @@ export class DestinationMigration {
           const decoded = snapshot.end();
           received += decoded.entries;
           this.session.update({ received, bytes });
-          inFlight.push(this.applySnapshotPart(committedTo, table.version, inFlight[inFlight.length - 1]));
+          const last = this.applySnapshotPart(committedTo, table.version);
+          last.catch(() => undefined);
+          inFlight.push(last);
           committedTo = table.version;
           while (inFlight.length > 0) refused += await (inFlight.shift() as Promise<number>);
           if (refused > 0) this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
@@ -263,19 +267,19 @@ export class DestinationMigration {
    * Commit what the snapshot decoder added to the session table in (from,
    * upTo]: entries of the VM are created (straight from the table, no copy),
    * related ones are held back for the end of the snapshot, the rest is
-   * refused. Returns how many were refused. `before`: the part queued
-   * ahead of this one, which must be in before a deletion in this one.
+   * refused. Returns how many were refused. The commit is sent before this
+   * returns its promise (no await comes first), so the next part is always
+   * scanned after this one's slots were picked.
    */
-  private async applySnapshotPart(from: number, upTo: number, before?: Promise<number>): Promise<number> {
+  private async applySnapshotPart(from: number, upTo: number): Promise<number> {
     if (upTo <= from) return 0;
     const t = this.table;
     const st = this.state;
     const rest: number[] = [];
-    let gone: ConnectionTable | null = null;
     let refused = 0;
     // The decoder puts new keys into fresh slots, one version each: look past
     // what earlier parts reached, and scan the whole table only if that does
-    // not account for every version (a key that came again, a deletion).
+    // not account for every version (a key that came again).
     const cur = t.cursor().reset(Scan.Delta, from, upTo);
     cur.slot = this.scannedTo - 1;
     const found: number[] = [];
@@ -291,12 +295,8 @@ export class DestinationMigration {
       const rec = t.recordOffset(s);
       const ext = t.u32[(rec + R_EXT) >> 2];
       v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1));
-      if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) {
-        // A deletion inside a snapshot stream: take out what this session created under the key.
-        if ((st[s] & Slot.Imported) !== 0) (gone ??= ConnectionTable.create({ capacity: Math.max(16, upTo - from) })).upsert(v);
-        st[s] = 0;
-        continue;
-      }
+      // The decoder refuses deltas and tombstones in a snapshot: a part only ever adds.
+      if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) throw new Error('snapshot part holds a deletion; nothing of it imported');
       if (!flowMatches(this.filter, v)) {
         refused++;
         // An earlier version under the same key may be in the kernel already: it stays ours to remove.
@@ -312,11 +312,6 @@ export class DestinationMigration {
       rest.push(s);
     }
     if (refused > 0) this.session.update({ refused: this.session.info.refused + refused });
-    if (gone) {
-      // The earlier part may be creating that very key right now.
-      await before?.catch(() => undefined);
-      await this.removeGone(gone);
-    }
     if (rest.length > 0) await this.commit(from, upTo, Slot.Rest, rest);
     return refused;
   }

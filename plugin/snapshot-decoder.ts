@@ -66,6 +66,8 @@ export interface DecodeLimits {
    * maxEntries when the count is not known upfront.
    */
   staging?: ConnectionTable;
+  /** Refuse a stream whose header says another kind (a session's snapshot phase takes no delta). */
+  kind?: SnapshotKind;
 }
 
 /**
@@ -130,10 +132,12 @@ export class SnapshotDecoder {
   private readonly rec = new FlowRecord();
   private readonly maxEntries: number;
   private readonly reuse: ConnectionTable | null;
+  private readonly expectKind: SnapshotKind | undefined;
 
   constructor(limits: DecodeLimits) {
     if (!(Number.isInteger(limits.maxEntries) && limits.maxEntries > 0)) throw new RangeError(`maxEntries ${limits.maxEntries} must be a positive integer`);
     this.reuse = limits.staging ?? null;
+    this.expectKind = limits.kind;
     this.maxEntries = Math.min(limits.maxEntries, COUNT_UNKNOWN - 1, this.reuse ? this.reuse.capacity : Infinity);
   }
 
@@ -269,6 +273,8 @@ export class SnapshotDecoder {
     const kind = b[off + H_KIND];
     if (kind !== SnapshotKind.Snapshot && kind !== SnapshotKind.Delta)
       throw new SnapshotFormatError('malformed', `snapshot header has unknown kind ${kind} (byte ${H_KIND})`, H_KIND);
+    if (this.expectKind !== undefined && kind !== this.expectKind)
+      throw new SnapshotFormatError('malformed', `expected a ${kindName(this.expectKind)}, the header says ${kindName(kind)} (byte ${H_KIND})`, H_KIND);
     if (b[off + H_KIND + 1] | b[off + H_KIND + 2] | b[off + H_KIND + 3])
       throw new SnapshotFormatError('malformed', `snapshot header has non-zero reserved bytes (byte ${H_KIND + 1})`, H_KIND + 1);
     const from = get48(b, off + H_FROM);
@@ -521,4 +527,8 @@ function get48(b: Uint8Array, o: number): number {
 }
 function hex32(v: number): string {
   return v.toString(16).padStart(8, '0');
+}
+
+function kindName(kind: SnapshotKind): string {
+  return kind === SnapshotKind.Snapshot ? 'snapshot' : 'delta';
 }

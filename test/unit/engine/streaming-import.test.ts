@@ -164,6 +164,57 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     assert.ok(!b.blocker.isBlocked(VM_UUID));
   });
 
+  it('a last part that fails while the one before is still being written fails the session, and nothing is left behind', async () => {
+    const table = bigTable(600);
+    await offer(table);
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    // The last chunk carries entries (as an older source sends it), and its write fails.
+    const parts = pieces(snap.bytes, 3);
+    const held: Array<() => void> = [];
+    let calls = 0;
+    // The first part goes in, the second is held, the last fails at once.
+    b.conntrack.gate = () => {
+      calls++;
+      if (calls === 1) return Promise.resolve();
+      if (calls === 3) return Promise.reject(new Error('writer job failed'));
+      return new Promise<void>((r) => held.push(r));
+    };
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown): void => void unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      await chunk(0, parts[0], false);
+      await chunk(1, parts[1], false);
+      await chunk(2, parts[2], true);
+      assert.equal(calls, 3, 'the last part went out while the one before was held');
+      assert.equal(held.length, 1);
+      for (const letThrough of held) letThrough();
+      await clock.run(0);
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      b.conntrack.gate = null;
+    }
+    assert.deepEqual(unhandled, [], 'no rejection goes unhandled (the daemon would exit)');
+    const s = sessionOf(b);
+    assert.equal(s.state, 'failed');
+    assert.match(s.error, /writer job failed/);
+    assert.deepEqual(b.kernel.texts(), bBefore);
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+  });
+
+  it('refuses a delta where the snapshot should be: nothing imported, the drop lifted', async () => {
+    const table = bigTable(200);
+    await offer(table);
+    const delta = encodeTableToBuffer(table, { scan: Scan.Delta, from: 0, to: table.version });
+    await chunk(0, delta.bytes, true);
+    const s = sessionOf(b);
+    assert.equal(s.state, 'failed');
+    assert.match(s.error, /expected a snapshot, the header says delta/);
+    assert.deepEqual(b.kernel.texts(), bBefore);
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+  });
+
   it('a snapshot whose checksum does not match at its end fails the session and removes what the earlier chunks committed', async () => {
     const table = bigTable(400);
     await offer(table);

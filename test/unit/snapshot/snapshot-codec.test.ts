@@ -136,6 +136,16 @@ describe('binary snapshot codec', () => {
       assertSameEntries(d.table, tableEntries(t));
     });
 
+    it('refuses a stream of another kind than the reader expects, at its header', () => {
+      const t = sampleTable();
+      const { bytes } = encodeTableToBuffer(t, { scan: Scan.Delta, from: 0, to: t.version });
+      const dec = new SnapshotDecoder({ ...LIMITS, kind: SnapshotKind.Snapshot });
+      assert.throws(() => dec.write(bytes.subarray(0, 40)), (e: unknown) => e instanceof SnapshotFormatError && /expected a snapshot, the header says delta/.test(e.message));
+      const ok = new SnapshotDecoder({ ...LIMITS, kind: SnapshotKind.Delta });
+      ok.write(bytes);
+      assert.equal(ok.end().kind, SnapshotKind.Delta);
+    });
+
     it('applies the filter, and stops at the requested version', () => {
       const t = sampleTable();
       const to = 5;
