@@ -56,7 +56,7 @@ export class ConntrackNetlink implements ConntrackPort {
     this.options = options ?? {};
     const n = this.options.writerThread ? WRITER_THREADS : 0;
     const turn = new KernelTurn().sab;
-    this.threads = Array.from({ length: n }, () => new WriteThread({ socket: this.options.socket ?? {}, batchSize: this.options.batchSize, turn }));
+    this.threads = Array.from({ length: n }, () => new WriteThread({ socket: this.writeSocket(), batchSize: this.options.batchSize, turn }));
   }
 
   /**
@@ -101,9 +101,20 @@ export class ConntrackNetlink implements ConntrackPort {
     for (const t of this.threads) t.warm();
   }
 
-  private open(): CtnetlinkSocket {
-    const o = this.options.socket ?? {};
-    return this.options.openSocket ? this.options.openSocket(o) : new CtnetlinkSocket(o);
+  private open(options: CtnetlinkSocketOptions = this.options.socket ?? {}): CtnetlinkSocket {
+    return this.options.openSocket ? this.options.openSocket(options) : new CtnetlinkSocket(options);
+  }
+
+  /**
+   * A writing socket's receive buffer bounds its batch (every request of a
+   * batch may fail, and each failure echoes its request back), so ask for
+   * the full buffer past net.core.rmem_max (root; falls back to the capped
+   * size otherwise). With the kernel's default rmem_max (208 KiB) a batch
+   * would hold ~130 entries instead of 2048: measured, the 1M pre-copy ran
+   * at 194k entries/s instead of ~210k/s.
+   */
+  private writeSocket(): CtnetlinkSocketOptions {
+    return { forceRecvBuffer: true, ...this.options.socket };
   }
 
   /** Read every entry matching `filter` into `into` (this thread writes the table). */
@@ -154,7 +165,7 @@ export class ConntrackNetlink implements ConntrackPort {
     if (this.threads.length > 0) return this.threaded('create', selection.table, plain, related, onProgress);
     const total = plain.length + related.length;
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
-    const sock = this.open();
+    const sock = this.open(this.writeSocket());
     try {
       const writer = new BulkWriter(sock, selection.table, this.options.batchSize ?? DEFAULT_BATCH);
       await writer.create(plain, report, (d) => onProgress?.(d, total));
@@ -170,7 +181,7 @@ export class ConntrackNetlink implements ConntrackPort {
     const { plain, related } = liveSlots(selection);
     if (this.threads.length > 0) return this.threaded('remove', selection.table, plain, related);
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
-    const sock = this.open();
+    const sock = this.open(this.writeSocket());
     try {
       const writer = new BulkWriter(sock, selection.table, this.options.batchSize ?? DEFAULT_BATCH);
       await writer.remove(related, report);

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { liveSlots } from '../../../adapters/conntrack/conntrack-netlink';
+import { ConntrackNetlink, liveSlots } from '../../../adapters/conntrack/conntrack-netlink';
+import { CtnetlinkHandlers, CtnetlinkSocket, CtnetlinkSocketOptions } from '../../../adapters/conntrack/ctnetlink-socket';
 import { ConnectionTable } from '../../../plugin/connection-table';
 import { ExtFlag, L4 } from '../../../plugin/flow';
 import { FlowRecord } from '../../../plugin/flow-view';
@@ -52,5 +53,57 @@ describe('ConntrackNetlink write selection (liveSlots)', () => {
     assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 0], from: 1, upTo: 5 }), { plain: [], related: [1] });
     assert.deepEqual(liveSlots({ table: t, slots: [5, 4, 2, 63, -1], filter: (_v, s) => s !== 4 }), { plain: [5, 2], related: [] });
     assert.equal(slots.length, 6);
+  });
+});
+
+/** A socket whose kernel takes every request: the ACK a batch asks for comes back on the next turn. */
+class AcceptingSocket {
+  handlers: CtnetlinkHandlers = {};
+  readonly recvBufferSize = 8 << 20;
+  readonly sendBufferSize = 8 << 20;
+  readonly requests: number[] = [];
+  private seq = 1;
+  reserve(n: number): number {
+    const first = this.seq;
+    this.seq += n;
+    return first;
+  }
+  send(buf: Buffer): void {
+    for (let off = 0; off + 16 <= buf.length; ) {
+      const len = buf.readUInt32LE(off);
+      const seq = buf.readUInt32LE(off + 8);
+      this.requests.push(buf.readUInt16LE(off + 4));
+      if (buf.readUInt16LE(off + 6) & NLM_F_ACK) setImmediate(() => this.handlers.ack?.(seq, 0));
+      off += (len + 3) & ~3;
+    }
+  }
+  close(): void {}
+}
+
+const NLM_F_ACK = 4;
+
+describe('ConntrackNetlink write sockets', () => {
+  it('ask for their full receive buffer past rmem_max (it bounds the batch), for creates and deletes', async () => {
+    const opened: CtnetlinkSocketOptions[] = [];
+    const socks: AcceptingSocket[] = [];
+    const port = new ConntrackNetlink({
+      openSocket: (o) => {
+        opened.push(o);
+        const s = new AcceptingSocket();
+        socks.push(s);
+        return s as unknown as CtnetlinkSocket;
+      },
+    });
+    const t = ConnectionTable.create({ capacity: 64 });
+    for (let p = 2000; p < 2010; p++) t.upsert(flow(p));
+    const created = await port.create({ table: t });
+    assert.equal(created.created, 10);
+    const removed = await port.remove({ table: t });
+    assert.equal(removed.deleted, 10);
+    assert.deepEqual(
+      opened.map((o) => o.forceRecvBuffer),
+      [true, true],
+    );
+    assert.equal(socks[0].requests.length, 10, 'one create per entry, in one batch');
   });
 });
