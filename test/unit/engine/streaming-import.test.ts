@@ -164,6 +164,27 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     assert.ok(!b.blocker.isBlocked(VM_UUID));
   });
 
+  it('an abort while two parts are on their way in removes both once they have landed', async () => {
+    const table = bigTable(600);
+    await offer(table);
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    const parts = pieces(snap.bytes, 3);
+    const held: Array<() => void> = [];
+    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    await chunk(0, parts[0], false);
+    await chunk(1, parts[1], false);
+    assert.equal(held.length, 2);
+    await b.engine.abort(VM_UUID);
+    await clock.run(0);
+    assert.equal(sessionOf(b).state, 'failed');
+    // The writes land after the rollback.
+    b.conntrack.gate = null;
+    for (const letThrough of held) letThrough();
+    await clock.run(0);
+    assert.deepEqual(b.kernel.texts(), bBefore, 'both parts were taken out again; B keeps its own entry');
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+  });
+
   it('a last part that fails while the one before is still being written fails the session, and nothing is left behind', async () => {
     const table = bigTable(600);
     await offer(table);
