@@ -169,24 +169,18 @@ export class DestinationMigration {
           // Throws on the first malformed entry, before anything after it is committed.
           snapshot.write(m.bytes);
           bytes += m.bytes.length;
-          if (!m.last) {
-            const part = this.applySnapshotPart(committedTo, table.version);
-            // Awaited later; a failure before then must not go unhandled.
-            part.catch(() => undefined);
-            inFlight.push(part);
-            committedTo = table.version;
-            this.session.update({ bytes });
-            while (inFlight.length >= PARTS_IN_FLIGHT) refused += await (inFlight.shift() as Promise<number>);
-            continue;
-          }
-          const decoded = snapshot.end();
-          received += decoded.entries;
+          // The last part goes in only once the trailer's count and CRC matched.
+          const decoded = m.last ? snapshot.end() : null;
+          if (decoded) received += decoded.entries;
           this.session.update({ received, bytes });
-          const last = this.applySnapshotPart(committedTo, table.version);
-          last.catch(() => undefined);
-          inFlight.push(last);
+          const part = this.applySnapshotPart(committedTo, table.version);
+          // Awaited later; a failure before then must not go unhandled.
+          part.catch(() => undefined);
+          inFlight.push(part);
           committedTo = table.version;
-          while (inFlight.length > 0) refused += await (inFlight.shift() as Promise<number>);
+          // After the last chunk, every part must be in.
+          while (inFlight.length >= (decoded ? 1 : PARTS_IN_FLIGHT)) refused += await (inFlight.shift() as Promise<number>);
+          if (!decoded) continue;
           if (refused > 0) this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
           // Every master of the snapshot is in: now its related entries.
           if (this.deferred.length > 0) {

@@ -71,6 +71,19 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     await b.engine.stop();
   });
 
+  /** Hold every create at B's kernel: `held` has one release per waiting create; `release` lets them and all later ones through. */
+  function holdCreates(): { held: Array<() => void>; release: () => void } {
+    const held: Array<() => void> = [];
+    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    return {
+      held,
+      release: () => {
+        b.conntrack.gate = null;
+        for (const letThrough of held) letThrough();
+      },
+    };
+  }
+
   function bigTable(n: number): ConnectionTable {
     const t = ConnectionTable.create({ capacity: n + Math.ceil(n / 50) + 16 });
     for (let i = 0; i < n; i++) {
@@ -116,8 +129,7 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     const parts = pieces(snap.bytes, 4);
     assert.equal(parts.length, 4);
     // Every create waits until the test lets it through.
-    const held: Array<() => void> = [];
-    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    const { held, release } = holdCreates();
     await chunk(0, parts[0], false);
     assert.equal(held.length, 1, 'the first part is on its way in');
     await chunk(1, parts[1], false);
@@ -129,8 +141,7 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     await clock.run(0);
     assert.equal(held.length, 3, 'the first is in: the third goes');
     assert.equal(sessionOf(b).state, 'precopy', sessionOf(b).error);
-    b.conntrack.gate = null;
-    for (const letThrough of held.slice(1)) letThrough();
+    release();
     await clock.run(0);
     await chunk(3, parts[3], true);
     const s = sessionOf(b);
@@ -146,16 +157,14 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     const bytes = Uint8Array.from(snap.bytes);
     bytes[bytes.length - 1] ^= 0xff; // the trailer's CRC: the last chunk fails the session
     const parts = pieces(bytes, 3);
-    const held: Array<() => void> = [];
-    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    const { held, release } = holdCreates();
     await chunk(0, parts[0], false);
     await chunk(1, parts[1], false);
     assert.equal(held.length, 2);
     // The last chunk comes while both parts are still being written.
     await conn.send({ kind: MessageKind.SnapshotChunk, seq: 2, last: true, bytes: parts[2] });
     await clock.run(0);
-    b.conntrack.gate = null;
-    for (const letThrough of held) letThrough();
+    release();
     await clock.run(0);
     const s = sessionOf(b);
     assert.equal(s.state, 'failed');
@@ -169,8 +178,7 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     await offer(table);
     const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
     const parts = pieces(snap.bytes, 3);
-    const held: Array<() => void> = [];
-    b.conntrack.gate = () => new Promise<void>((r) => held.push(r));
+    const { held, release } = holdCreates();
     await chunk(0, parts[0], false);
     await chunk(1, parts[1], false);
     assert.equal(held.length, 2);
@@ -178,8 +186,7 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     await clock.run(0);
     assert.equal(sessionOf(b).state, 'failed');
     // The writes land after the rollback.
-    b.conntrack.gate = null;
-    for (const letThrough of held) letThrough();
+    release();
     await clock.run(0);
     assert.deepEqual(b.kernel.texts(), bBefore, 'both parts were taken out again; B keeps its own entry');
     assert.ok(!b.blocker.isBlocked(VM_UUID));
