@@ -16,6 +16,8 @@ const suffix = `${process.pid}-${Date.now() % 100000}`;
 const A = `ctm-ita-${suffix}`;
 const B = `ctm-itb-${suffix}`;
 const C = `ctm-itc-${suffix}`;
+/** How long the flood test's follower may take to stop once asked (it syncs first; a 20k flood takes well under a second). */
+const STOP_WITHIN_MS = 30_000;
 
 function sh(ns: string, ...args: string[]): string {
   return execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -116,16 +118,33 @@ describe('conntrack netlink adapter (real kernel, network namespaces)', function
     const feed = spawn('ip', ['netns', 'exec', C, process.execPath, runner, 'feed', 'stdin', String(64 * 1024)], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
     feed.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<void>((resolve) => feed.on('exit', () => resolve()));
+    let gone = false;
+    const exited = new Promise<void>((resolve) =>
+      feed.on('exit', () => {
+        gone = true;
+        resolve();
+      }),
+    );
     try {
-      while (!out.includes('"ready"')) await new Promise((r) => setTimeout(r, 50));
+      while (!out.includes('"ready"')) {
+        if (gone) throw new Error('the follower ended before it was ready');
+        await new Promise((r) => setTimeout(r, 50));
+      }
       const synth = run<{ created: number }>(C, 'synth', '20000');
       assert.equal(synth.created, 20000);
       sh(C, 'conntrack', '-D', '-p', 'tcp', '--orig-port-src', '1024');
     } finally {
-      // Stop the follower on every path; it syncs before reporting.
+      // Stop the follower on every path; it syncs before reporting. One
+      // that cannot (a sync that never resolves) is killed, not left behind.
       feed.stdin.end('stop\n');
-      await exited;
+      let timer: NodeJS.Timeout | undefined;
+      const stuck = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), STOP_WITHIN_MS)))]);
+      clearTimeout(timer);
+      if (stuck) {
+        feed.kill('SIGKILL');
+        await exited;
+        assert.fail(`the follower did not stop within ${STOP_WITHIN_MS} ms of being asked (its final sync never resolved)`);
+      }
     }
     const last = JSON.parse(out.trim().split('\n').pop() as string) as { stats: { events: number; overruns: number }; size: number; warnings: string[]; flows: string[] };
     const kernel = Number(sh(C, 'conntrack', '-C').trim());
