@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
 import { ExtFlag, L4, R_EXT, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag, X_PRESENT } from './flow';
 import { FlowView } from './flow-view';
-import { flowMatches, FlowFilter } from './flow-filter';
+import { confine, confineKey, Refusal, refusalSummary, REFUSAL_KINDS } from './import-confinement';
 import { CloseReason, MessageKind, OfferMessage, PeerMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
@@ -13,7 +13,7 @@ import { ImportProgress, isReady, Readiness } from './readiness';
 import { Session } from './session';
 import { decodeSnapshot, SnapshotDecoder } from './snapshot-decoder';
 import { SnapshotKind } from './snapshot-format';
-import { VmSpec, vmAddressTexts, vmFilter } from './vm';
+import { VmSpec, vmAddressTexts } from './vm';
 import { VmStateReference } from './vmstate-reference';
 
 export interface DestinationSettings {
@@ -74,14 +74,16 @@ export class FinalTimeoutError extends Error {
  * (with a master) are held back to the end of the snapshot, since their
  * master may come in a later chunk.
  *
- * Only entries that involve the VM's own addresses (and zone, mark) are
- * accepted; the rest are counted as refused and never reach the kernel.
+ * Only entries that are the VM's by the import confinement rule
+ * (import-confinement.ts) are accepted; the rest are counted as refused,
+ * logged by reason, and never reach the kernel.
  * The session table holds every entry received (refused ones too, which are
  * never written); `state` marks, slot by slot, which keys were created, so
  * a failure removes exactly that and nothing else.
  */
 export class DestinationMigration {
-  private readonly filter: FlowFilter;
+  /** Refused entries by Refusal reason since the last log line. */
+  private readonly refusals = new Uint32Array(REFUSAL_KINDS);
   /** The snapshot as decoded, then every accepted change: the session's view of the VM's entries. */
   private readonly table: ConnectionTable;
   /** Slot bits of `table` (see Slot). */
@@ -116,7 +118,6 @@ export class DestinationMigration {
     private readonly readiness: Readiness,
     private readonly settings: DestinationSettings,
   ) {
-    this.filter = vmFilter(vm);
     // Every snapshot entry may carry an extension; untouched capacity costs address space only.
     this.table = ConnectionTable.create({ capacity: settings.tableCapacity, extCapacity: settings.tableCapacity });
     this.state = new Uint8Array(this.table.capacity);
@@ -181,7 +182,7 @@ export class DestinationMigration {
           // After the last chunk, every part must be in.
           while (inFlight.length >= (decoded ? 1 : PARTS_IN_FLIGHT)) refused += await (inFlight.shift() as Promise<number>);
           if (!decoded) continue;
-          if (refused > 0) this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
+          if (refused > 0) this.logRefusals(refused);
           // Every master of the snapshot is in: now its related entries.
           if (this.deferred.length > 0) {
             // A key that came twice may be listed twice; it is created once.
@@ -291,7 +292,7 @@ export class DestinationMigration {
       v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1));
       // The decoder refuses deltas and tombstones in a snapshot: a part only ever adds.
       if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) throw new Error('snapshot part holds a deletion; nothing of it imported');
-      if (!flowMatches(this.filter, v)) {
+      if (this.refuses(v)) {
         refused++;
         // An earlier version under the same key may be in the kernel already: it stays ours to remove.
         st[s] &= Slot.Imported;
@@ -334,10 +335,10 @@ export class DestinationMigration {
           (gone ??= ConnectionTable.create({ capacity: Math.max(16, staged.tombstones) })).upsert(v);
           t.remove(v);
           st[s] = 0;
-        } else if (!flowMatches(this.filter, v)) refused++;
+        } else if (this.refuses(v, true)) refused++;
         continue;
       }
-      if (!flowMatches(this.filter, v)) {
+      if (this.refuses(v)) {
         refused++;
         continue;
       }
@@ -357,7 +358,7 @@ export class DestinationMigration {
     if (t.tombstones > 4096 && t.tombstones > t.size >> 3) t.reclaim(upTo);
     if (refused > 0) {
       this.session.update({ refused: this.session.info.refused + refused });
-      this.log.warn(`refused ${refused} entries that do not belong to the VM`, { vm: this.vm.uuid, session: this.session.id });
+      this.logRefusals(refused);
     }
     if (gone) await this.removeGone(gone);
     if (first.length > 0) {
@@ -366,6 +367,19 @@ export class DestinationMigration {
       await this.checkReady();
     } else if (final) this.progress.finalEstablishedApplied = true;
     if (rest.length > 0) await this.commit(from, upTo, Slot.Rest, rest);
+  }
+
+  /** True (and counted by reason) when the entry is not the VM's to import. */
+  private refuses(v: FlowView, deletion = false): boolean {
+    const why = deletion ? confineKey(this.vm, v) : confine(this.vm, v);
+    if (why === Refusal.Accepted) return false;
+    this.refusals[why]++;
+    return true;
+  }
+
+  private logRefusals(refused: number): void {
+    this.log.warn(`refused ${refused} entries that do not belong to the VM: ${refusalSummary(this.refusals)}`, { vm: this.vm.uuid, session: this.session.id });
+    this.refusals.fill(0);
   }
 
   private async removeGone(gone: ConnectionTable): Promise<void> {
