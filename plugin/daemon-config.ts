@@ -30,6 +30,8 @@ export interface DaemonConfig {
   tableCapacity: number;
   /** How often a source ships the changes since the last shipment during pre-copy. */
   changeIntervalMs: number;
+  /** Where Prometheus scrapes `GET /metrics`; absent: no metrics endpoint. */
+  metrics?: PeerAddress;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/ctmigrate/ctmigrate.conf';
@@ -90,6 +92,7 @@ export const CONFIG_KEYS = [
   'block-timeout',
   'on-block-timeout',
   'table-capacity',
+  'metrics',
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -145,6 +148,11 @@ export function applySetting(c: DaemonConfig, key: string, value: string, where:
       c.tableCapacity = n;
       break;
     }
+    case 'metrics':
+      // A port of its own, always written out: the peer port is the wrong default here.
+      if (!/:\d+$/.test(value.trim())) bad(`must be ADDR:PORT or [IPv6]:PORT, not ${JSON.stringify(value)}`);
+      c.metrics = wrap(() => parsePeerAddress(value, 'metrics'), where);
+      break;
     default:
       throw new ConfigError(`${where}: unknown setting ${JSON.stringify(key)} (known: ${CONFIG_KEYS.join(', ')})`);
   }

@@ -9,6 +9,7 @@ import { loadCredentials } from '../peer/tls-credentials';
 import { TlsPeerPort } from '../peer/tls-peer-port';
 import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
 import { FileRegistryStore } from '../registry/file-registry-store';
+import { DaemonMetrics } from '../metrics/daemon-metrics';
 import { DaemonConfig } from '../../plugin/daemon-config';
 import { DaemonConfigToken, MigrationEngine } from '../../plugin/migration-engine';
 import { MigrationService } from '../../plugin/migration-service';
@@ -41,9 +42,14 @@ export interface PeerSetup {
   why: string;
 }
 
-/** Everything the daemon runs on, for this configuration. */
-export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort, parent: DependencyContainer = container): { c: DependencyContainer; peers: PeerSetup } {
+/** Everything the daemon runs on, for this configuration (metrics: when `config.metrics` asks for them). */
+export function buildDaemonContainer(
+  config: DaemonConfig,
+  vmstate: VmStatePort,
+  parent: DependencyContainer = container,
+): { c: DependencyContainer; peers: PeerSetup; metrics?: DaemonMetrics } {
   const c = buildContainer(parent);
+  const metrics = config.metrics ? new DaemonMetrics() : undefined;
   // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
   c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
   const log = new StderrLog();
@@ -51,14 +57,16 @@ export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort,
   c.register<Clock>(Clock, { useValue: systemClock });
   c.register<DaemonConfig>(DaemonConfigToken, { useValue: config });
   c.register<BlockerPort>(BlockerPort, { useValue: new NftablesBlocker() });
-  c.register<VmStatePort>(VmStatePort, { useValue: vmstate });
+  c.register<VmStatePort>(VmStatePort, { useValue: metrics ? metrics.timeVmState(vmstate) : vmstate });
+  if (metrics) c.register<ConnectionFeed>(ConnectionFeed, { useValue: metrics.meterFeed(new NetlinkFeed()) });
   c.register<RegistryStore>(RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
   let peers: PeerSetup;
   const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
   const given = Object.values(files).some((f) => f !== undefined);
   try {
     const credentials = loadCredentials(files);
-    c.register<PeerPort>(PeerPort, { useValue: new TlsPeerPort({ credentials, hostId: hostname() }) });
+    const port = new TlsPeerPort({ credentials, hostId: hostname() });
+    c.register<PeerPort>(PeerPort, { useValue: metrics ? metrics.meterPeers(port) : port });
     peers = { enabled: true, why: '' };
   } catch (e) {
     // Credentials that were asked for and cannot be used stop the daemon;
@@ -69,5 +77,5 @@ export function buildDaemonContainer(config: DaemonConfig, vmstate: VmStatePort,
     peers = { enabled: false, why };
   }
   c.registerSingleton<MigrationService>(MigrationService, MigrationEngine);
-  return { c, peers };
+  return { c, peers, metrics };
 }

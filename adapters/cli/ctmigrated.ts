@@ -4,8 +4,10 @@ import { mkdirSync } from 'node:fs';
 import { ensureConntrackEvents } from '../conntrack/event-sysctl';
 import { DbusService } from '../dbus/dbus-service';
 import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
+import { MetricsServer, serveMetrics } from '../metrics/metrics-server';
 import { MigrationEngine } from '../../plugin/migration-engine';
 import { MigrationService } from '../../plugin/migration-service';
+import { formatPeerAddress } from '../../plugin/ports/peer-port';
 import { Log } from '../../plugin/ports/log-port';
 import { warmUpCodec } from '../../plugin/warm-up';
 import { CommandIo } from './command';
@@ -39,7 +41,7 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   } catch (e) {
     throw new CommandError((e as Error).message);
   }
-  const { c, peers } = built;
+  const { c, peers, metrics } = built;
   const log = c.resolve<Log>(Log);
   try {
     const ev = ensureConntrackEvents();
@@ -50,6 +52,17 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
   // Before any session: the first migration should not run the codec in V8's slow tiers.
   warmUpCodec();
+
+  let metricsServer: MetricsServer | undefined;
+  if (metrics && config.metrics) {
+    metrics.watch(engine);
+    try {
+      metricsServer = await serveMetrics(config.metrics, metrics);
+    } catch (e) {
+      throw new CommandError((e as Error).message);
+    }
+    log.info('serving metrics', { url: `http://${formatPeerAddress(metricsServer.address)}/metrics` });
+  }
 
   const restored = await engine.restore();
   if (restored > 0) log.info('VMs registered again from the run dir', { vms: restored });
@@ -70,6 +83,7 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     log.info(`stopping: ${why}`);
     await service.stop().catch(() => undefined);
     await engine.stop().catch((e: Error) => log.error(`stop: ${e.message}`));
+    await metricsServer?.close();
     process.exit(code);
   };
   const service = new DbusService(engine, {

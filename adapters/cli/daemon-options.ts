@@ -15,7 +15,7 @@ export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:POR
                   [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F]
                   [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
                   [--block-timeout SECONDS] [--on-block-timeout open|block]
-                  [--table-capacity N]
+                  [--table-capacity N] [--metrics ADDR:PORT]
 
 The ctmigrate daemon. It carries registered VMs' conntrack entries to the
 destination host during live migration: pre-copy while the VM runs, the
@@ -39,6 +39,7 @@ Options (flags override the config file, which overrides the defaults):
       --block-timeout SEC    longest a VM's traffic is dropped waiting (default 30)
       --on-block-timeout P   open (lift the drop, warn; default) or block
       --table-capacity N     most entries per VM session (default 2000000)
+      --metrics ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics (default off)
   -h, --help                 show this help
   -V, --version              print the version
 
@@ -61,6 +62,7 @@ export function daemonConfig(args: string[]): DaemonConfig {
     'block-timeout': { type: 'string' },
     'on-block-timeout': { type: 'string' },
     'table-capacity': { type: 'string' },
+    metrics: { type: 'string' },
   });
   if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
   const c = defaultConfig();

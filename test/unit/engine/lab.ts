@@ -56,6 +56,13 @@ export interface Host {
   registry: FakeRegistry;
 }
 
+/** Wraps the fakes of some ports before the engine gets them (the way the composition root wraps real ports). */
+export interface PortWrap {
+  feed?: (f: ConnectionFeed) => ConnectionFeed;
+  peers?: (p: PeerPort) => PeerPort;
+  vmstate?: (v: VmStatePort) => VmStatePort;
+}
+
 /** A host whose engine is resolved from a child container with a fake at every port. */
 export async function startHost(
   net: FakeNetwork,
@@ -64,6 +71,7 @@ export async function startHost(
   ip: string,
   settings: Partial<DaemonConfig> = {},
   registry: FakeRegistry = new FakeRegistry(),
+  wrap: PortWrap = {},
 ): Promise<Host> {
   const trace: string[] = [];
   const kernel = new FakeKernel();
@@ -83,10 +91,10 @@ export async function startHost(
   const c = container.createChildContainer();
   c.register(DaemonConfigToken, { useValue: config });
   c.register(ConntrackPort, { useValue: conntrack });
-  c.register(ConnectionFeed, { useValue: feeds });
+  c.register(ConnectionFeed, { useValue: wrap.feed ? wrap.feed(feeds) : feeds });
   c.register(BlockerPort, { useValue: blocker });
-  c.register(PeerPort, { useValue: net.port(ip) });
-  c.register(VmStatePort, { useValue: vmstate });
+  c.register(PeerPort, { useValue: wrap.peers ? wrap.peers(net.port(ip)) : net.port(ip) });
+  c.register(VmStatePort, { useValue: wrap.vmstate ? wrap.vmstate(vmstate) : vmstate });
   c.register(Clock, { useValue: clock });
   c.register(Log, { useValue: log });
   c.register(RegistryStore, { useValue: registry });
