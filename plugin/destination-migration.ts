@@ -106,6 +106,8 @@ export class DestinationMigration {
   private cancelTimeout: (() => void) | null = null;
   private ended = false;
   private rolledBack = false;
+  /** Creates on their way to the kernel: a rollback waits for them, so it removes what they wrote. */
+  private readonly writes = new Set<Promise<WriteReport>>();
 
   constructor(
     readonly session: Session,
@@ -407,12 +409,16 @@ export class DestinationMigration {
     if (picked.length === 0) return;
     this.anyImported = true;
     const selection: WriteSelection = { table: this.table, from, upTo, slots: picked };
-    const report: WriteReport = await this.conntrack.create(selection);
-    if (this.ended) {
-      // The session failed while this part was on its way in: the rollback may have run before these entries landed.
-      await this.conntrack.remove(selection).catch((e: Error) => this.log.error(`could not remove entries imported during the rollback: ${e.message}`, { vm: this.vm.uuid }));
-      throw new Error(`session ${this.session.id} ended during a commit; its entries were removed`);
+    const write = this.conntrack.create(selection);
+    this.writes.add(write);
+    let report: WriteReport;
+    try {
+      report = await write;
+    } finally {
+      this.writes.delete(write);
     }
+    // The session failed while this part was on its way in; the rollback waited for it and removes it.
+    if (this.ended) throw new Error(`session ${this.session.id} ended during a commit; its entries are removed with the rest`);
     this.progress.committed += report.created + report.replaced;
     for (const f of report.failures.slice(0, 10)) this.log.warn(`kernel refused ${f.flow}: ${f.reason}`, { vm: this.vm.uuid, session: this.session.id });
     if (report.failures.length > 10) this.log.warn(`kernel refused ${report.failures.length - 10} more entries`, { vm: this.vm.uuid });
@@ -511,6 +517,8 @@ export class DestinationMigration {
     if (this.rolledBack) return;
     this.rolledBack = true;
     this.cancelTimeout?.();
+    // No create starts once the session has ended; the ones under way land first, then everything goes.
+    while (this.writes.size > 0) await Promise.allSettled([...this.writes]);
     if (this.anyImported) {
       const st = this.state;
       const r = await this.conntrack.remove({ table: this.table, filter: (_v, s) => (st[s] & Slot.Imported) !== 0 });

@@ -107,6 +107,9 @@ export class MigrationEngine implements MigrationService {
     for (const t of this.trackers.values()) await t.stop();
     this.trackers.clear();
     await this.listener?.close();
+    // Lifted drops fully gone from the kernel, writer threads ended: the process may exit now.
+    await this.blocker.settle?.().catch((e: Error) => this.log.error(`drops not tidied: ${e.message}`));
+    await this.conntrack.close?.().catch((e: Error) => this.log.error(`conntrack writers: ${e.message}`));
   }
 
   subscribe(listener: (event: ServiceEvent) => void): () => void {

@@ -18,6 +18,9 @@ import { runMain } from './run-main';
 import { StderrLog } from './stderr-log';
 import { CommandError } from './usage-error';
 
+/** A stop (SIGTERM, SIGINT) ends the process within 5 s whatever hangs; this leaves room to exit. */
+const STOP_DEADLINE_MS = 4500;
+
 async function main(argv: string[], io: CommandIo): Promise<number> {
   if (argv.includes('-h') || argv.includes('--help')) {
     io.stdout.write(DAEMON_HELP);
@@ -81,9 +84,18 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     if (stopping) return;
     stopping = true;
     log.info(`stopping: ${why}`);
+    // systemd waits 90 s by default and libvirt's hooks wait for us: a stop
+    // that hangs (a kernel or nft call that never returns) must not. What
+    // is left undone then, the next start finishes from the journal.
+    const late = setTimeout(() => {
+      log.error(`stop took longer than ${STOP_DEADLINE_MS / 1000} s; exiting now, the next start rolls back what is left`);
+      process.exit(code);
+    }, STOP_DEADLINE_MS);
     await service.stop().catch(() => undefined);
     await engine.stop().catch((e: Error) => log.error(`stop: ${e.message}`));
     await metricsServer?.close();
+    clearTimeout(late);
+    log.info('stopped: every session rolled back', { exit: code });
     process.exit(code);
   };
   const service = new DbusService(engine, {

@@ -96,6 +96,10 @@ export class ConntrackNetlink implements ConntrackPort {
     return report;
   }
 
+  async close(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.close()));
+  }
+
   /** Start the writer threads now: a thread takes ~0.1 s to boot, which a snapshot import should not wait for. */
   prepareWrites(): void {
     for (const t of this.threads) t.warm();

@@ -8,7 +8,10 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ConnectionTable } from '../../plugin/connection-table';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
-import { WriteAnswer, WriteJob, WriteWorkerData } from './write-worker';
+import { CloseCommand, WriteAnswer, WriteJob, WriteWorkerData } from './write-worker';
+
+/** How long close() lets a thread finish its jobs and end before it is terminated. */
+const CLOSE_TIMEOUT_MS = 3000;
 
 interface Pending {
   resolve: (r: WriteReport) => void;
@@ -21,12 +24,35 @@ export class WriteThread {
   private worker: Worker | null = null;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
+  private closed = false;
 
   constructor(private readonly data: WriteWorkerData) {}
+
+  /**
+   * Let the jobs in flight finish, then end the thread with its socket
+   * closed (a thread torn down by process.exit mid-write used to abort the
+   * process in the binding). Later runs are refused.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    const w = this.worker;
+    if (!w) return;
+    w.ref();
+    const ended = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+    w.postMessage({ op: 'close' } satisfies CloseCommand);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), CLOSE_TIMEOUT_MS);
+    });
+    const how = await Promise.race([ended, late]);
+    clearTimeout(timer);
+    if (how === 'late') await w.terminate();
+  }
 
   /** Write `plain` then `related` (create), or `related` then `plain` (remove), from `table`. */
   run(op: WriteJob['op'], table: ConnectionTable, plain: number[], related: number[], onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
     let w: Worker;
+    if (this.closed) return Promise.reject(new Error('conntrack writer closed (the daemon is stopping)'));
     try {
       w = this.start();
     } catch (e) {
@@ -43,6 +69,7 @@ export class WriteThread {
 
   /** Boot the worker ahead of the first write (unref'd: it keeps nothing alive); errors surface on that write. */
   warm(): void {
+    if (this.closed) return;
     try {
       this.start();
     } catch {

@@ -9,7 +9,8 @@
  * this one writes, straight from the same SharedArrayBuffer table (reads
  * use the records' seqlocks: the decoder may be writing other records).
  *
- *   in:  WriteJob (one at a time, in order)
+ *   in:  WriteJob (one at a time, in order), then maybe { op: 'close' }: the
+ *        thread closes its socket and ends once the jobs before it are done
  *   out: { id, kind: 'progress', done } | { id, kind: 'done', report } | { id, kind: 'failed', message }
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -38,6 +39,11 @@ export interface WriteJob {
   sab: SharedArrayBuffer;
   plain: Uint32Array;
   related: Uint32Array;
+}
+
+/** The last message a thread gets: end once every job before it is done. */
+export interface CloseCommand {
+  op: 'close';
 }
 
 export type WriteAnswer =
@@ -82,7 +88,16 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
     port.postMessage({ id: j.id, kind: 'done', report } satisfies WriteAnswer);
   };
 
-  port.on('message', (j: WriteJob) => {
+  port.on('message', (j: WriteJob | CloseCommand) => {
+    if (j.op === 'close') {
+      // After the jobs before it; the thread then has nothing open and ends by itself.
+      const end = (): void => {
+        close();
+        port.close();
+      };
+      chain = chain.then(end, end);
+      return;
+    }
     queued++;
     chain = chain.then(
       () => job(j),

@@ -178,6 +178,10 @@ export class NftablesBlocker implements BlockerPort {
     });
   }
 
+  settle(): Promise<void> {
+    return this.serial(() => Promise.resolve());
+  }
+
   /**
    * Rewrite the tables from the desired state a little later. Why later: nft
    * is a child process, and forking this daemon right after a lift would

@@ -51,5 +51,11 @@ export interface BlockerPort {
   reconcile(): Promise<ReconcileReport>;
   /** Removes every drop and the blocker's tables; forgets the desired state. */
   clear(): Promise<void>;
+  /**
+   * Resolves once every change asked for so far is in the kernel, tidy-ups
+   * of lifted drops included: the daemon calls it before it exits, so that
+   * nothing of a lifted drop stays behind. Optional.
+   */
+  settle?(): Promise<void>;
 }
 export const BlockerPort = Symbol('BlockerPort');

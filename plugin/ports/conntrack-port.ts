@@ -73,5 +73,11 @@ export interface ConntrackPort {
    * Optional; never fails.
    */
   prepareWrites?(): void;
+  /**
+   * The process is about to exit: let the writes in flight finish, then end
+   * the writer threads and close their sockets. Nothing is written after.
+   * Optional.
+   */
+  close?(): Promise<void>;
 }
 export const ConntrackPort = Symbol('ConntrackPort');

@@ -22,6 +22,16 @@
  *    from a timer: the writer threads' turn (kernel-turn.ts) is held around
  *    send() and must cover the kernel's work on the batch.
  *
+ * 6. Teardown is safe while a send or receive is in flight. When a worker
+ *    thread is terminated (or the process exits), Node stops its JavaScript
+ *    and then runs the thread's loop once more; a poll or timer callback of
+ *    an open socket then called into JavaScript, failed, and aborted the
+ *    whole process (napi_fatal_error, or an uncaught Napi::Error). Here the
+ *    callbacks first check that JavaScript can still run, and otherwise
+ *    stop polling and close the socket without calling anything. A
+ *    JavaScript callback that threw goes to Node's uncaught-exception path
+ *    instead of std::terminate.
+ *
  * Run by `npm run build` after tsc. Offline: it needs g++, make, python3 and
  * Node's headers (nodedir), and node-gyp from npm. If it cannot build, the
  * adapter falls back to the package's prebuilt binding and says so.
@@ -155,12 +165,116 @@ const PATCHES: Patch[] = [
 `,
   },
   {
+    why: 'teardown while a receive is in flight',
+    find: `    static void PollHandler(uv_poll_t* handle, int status, int events) {
+        Socket* obj = static_cast<Socket*>(handle->data);
+        Napi::HandleScope scope (obj->Env());`,
+    replace: `    // Whether this thread can still run JavaScript: not once Node tears a
+    // worker down or the process exits (it stops JavaScript first, then runs
+    // the loop once more, and every call into JavaScript fails from then on).
+    bool CanRunJs() {
+        napi_value u;
+        bool same = false;
+        return napi_get_undefined(Env(), &u) == napi_ok && napi_strict_equals(Env(), u, u, &same) == napi_ok;
+    }
+
+    // Stop polling and close the socket without calling into JavaScript.
+    void Quiesce() {
+        if (!open) return;
+        open = false;
+        timer.reset();
+        watcher.reset();
+        fd.reset();
+    }
+
+    // A callback threw: JavaScript's own error goes to Node's uncaught-exception
+    // path; a failure because JavaScript can no longer run just closes.
+    void CallbackFailed(const Napi::Error& e) {
+        processing = false;
+        if (!CanRunJs()) return Quiesce();
+        napi_fatal_exception(Env(), e.Value());
+    }
+
+    // Every call into JavaScript from a poll or timer callback. The thread may
+    // be torn down while the callback runs (JavaScript is stopped from another
+    // thread): then the call fails with no error object, and the socket closes
+    // quietly. Returns whether the socket is still open.
+    bool Invoke(const Napi::FunctionReference& fn, std::initializer_list<napi_value> args, napi_async_context context) {
+        napi_env env = Env();
+        napi_value result;
+        if (napi_make_callback(env, context, Value(), fn.Value(), args.size(), args.begin(), &result) == napi_ok) return open;
+        bool pending = false;
+        napi_value exc;
+        napi_valuetype type = napi_undefined;
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending && napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
+            napi_typeof(env, exc, &type) == napi_ok && type == napi_object && CanRunJs()) {
+            processing = false;
+            napi_fatal_exception(env, exc);
+            return open;
+        }
+        Quiesce();
+        return false;
+    }
+
+    static void PollHandler(uv_poll_t* handle, int status, int events) {
+        Socket* obj = static_cast<Socket*>(handle->data);
+        if (!obj->CanRunJs()) return obj->Quiesce();
+        try {
+            obj->Polled(status, events);
+        } catch (const Napi::Error& e) {
+            obj->CallbackFailed(e);
+        }
+    }
+
+    void Polled(int status, int events) {
+        Socket* obj = this;
+        Napi::HandleScope scope (obj->Env());`,
+  },
+  {
+    why: 'teardown while a send is in flight',
+    find: `    static void TimerHandler(uv_timer_t* handle) {
+        Socket* obj = static_cast<Socket*>(handle->data);
+        Napi::HandleScope scope (obj->Env());`,
+    replace: `    static void TimerHandler(uv_timer_t* handle) {
+        Socket* obj = static_cast<Socket*>(handle->data);
+        if (!obj->CanRunJs()) return obj->Quiesce();
+        try {
+            obj->Timed();
+        } catch (const Napi::Error& e) {
+            obj->CallbackFailed(e);
+        }
+    }
+
+    void Timed() {
+        Socket* obj = this;
+        Napi::HandleScope scope (obj->Env());`,
+  },
+  {
     why: 'send inside the call',
     find: `        bool empty_queue = write_queue.empty() && completed_queue.empty();`,
     replace: `        // Pending completions keep their order (they are queued behind), so they are no reason to wait.
         bool empty_queue = write_queue.empty();`,
   },
 ];
+
+/** Calls into JavaScript from the loop (poll and timer callbacks) that go through Socket::Invoke (fix 6). */
+const CALLBACKS_FROM_THE_LOOP = 8;
+
+/**
+ * Fix 6, second half: every `cb.MakeCallback(recv, { args }, ctx)` of the
+ * socket becomes `Invoke(cb, { args }, ctx)`, which survives a thread whose
+ * JavaScript was stopped mid-callback (MakeCallback aborts the process there).
+ */
+function invokeEveryCallback(source: string): string {
+  let n = 0;
+  const out = source.replace(/(obj->)?([\w>-]+)\.MakeCallback\((?:obj->)?Value\(\), \{ ([^}]*) \}, \*([\w>-]+)\);/g, (_m, obj: string | undefined, cb: string, args: string, ctx: string) => {
+    n++;
+    const self = obj ?? '';
+    return `${self}Invoke(${self}${cb}, { ${args} }, *${ctx});`;
+  });
+  if (n !== CALLBACKS_FROM_THE_LOOP) fail(`the netlink package's source changed: ${n} MakeCallback calls, expected ${CALLBACKS_FROM_THE_LOOP}`);
+  return out;
+}
 
 function fail(message: string): never {
   process.stderr.write(`build-binding: ${message}\n`);
@@ -193,6 +307,7 @@ function main(): void {
     if (!source.includes(p.find)) fail(`the netlink package's source changed; cannot apply the fix "${p.why}"`);
     source = source.replace(p.find, p.replace);
   }
+  source = invokeEveryCallback(source);
   mkdirSync(join(OUT, 'src'), { recursive: true });
   writeFileSync(join(OUT, 'src', 'binding.cc'), source);
   copyFileSync(join(pkgDir, 'LICENSE'), join(OUT, 'LICENSE'));

@@ -70,9 +70,14 @@ describe('migration engine: a failed or cancelled migration leaves both hosts as
     b.conntrack.gate = () => held;
     await b.engine.prepareIncoming(vm, { source: a.peerText });
     await clock.run(0);
-    await b.engine.abort(VM_UUID);
+    // The abort returns only once the rollback is done: after the held write has landed and been removed.
+    let returned = false;
+    const aborted = b.engine.abort(VM_UUID).then(() => (returned = true));
+    await clock.run(0);
+    assert.equal(returned, false, 'abort waits for the write in flight');
     release();
     b.conntrack.gate = null;
+    await aborted;
     await clock.run(0);
     assertRolledBack(/aborted/);
   });

@@ -182,11 +182,12 @@ describe('migration engine: B commits the snapshot chunk by chunk while it strea
     await chunk(0, parts[0], false);
     await chunk(1, parts[1], false);
     assert.equal(held.length, 2);
-    await b.engine.abort(VM_UUID);
+    const aborted = b.engine.abort(VM_UUID);
     await clock.run(0);
     assert.equal(sessionOf(b).state, 'failed');
-    // The writes land after the rollback.
+    // The rollback waits for the writes in flight, then removes them with the rest.
     release();
+    await aborted;
     await clock.run(0);
     assert.deepEqual(b.kernel.texts(), bBefore, 'both parts were taken out again; B keeps its own entry');
     assert.ok(!b.blocker.isBlocked(VM_UUID));

