@@ -7,6 +7,7 @@ import { CloseReason, MessageKind, OfferMessage, PeerMessage } from './peer-prot
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
 import { ConntrackPort, WriteReport, WriteSelection } from './ports/conntrack-port';
+import { JournalStore } from './ports/journal-store';
 import { Log } from './ports/log-port';
 import { PeerConnection } from './ports/peer-port';
 import { ImportProgress, isReady, Readiness } from './readiness';
@@ -119,6 +120,7 @@ export class DestinationMigration {
     private readonly log: Log,
     private readonly readiness: Readiness,
     private readonly settings: DestinationSettings,
+    private readonly journal: JournalStore,
   ) {
     // Every snapshot entry may carry an extension; untouched capacity costs address space only.
     this.table = ConnectionTable.create({ capacity: settings.tableCapacity, extCapacity: settings.tableCapacity });
@@ -228,6 +230,8 @@ export class DestinationMigration {
               await this.checkReady();
               // Only now: Load() returns (and QEMU resumes the VM) once the drop is lifted, not while it is being lifted.
               this.final = { version: m.to, digest: Uint8Array.from(m.digest) };
+              // The VM may resume here on this state: a restart after a crash keeps it.
+              this.noteReady();
               this.session.update({ version: m.to });
               this.session.moveTo('ready');
               this.settle();
@@ -253,6 +257,17 @@ export class DestinationMigration {
       else this.log.info('peer connection ended after the final delta', { vm: this.vm.uuid, session: this.session.id });
     }
     await this.conn.close().catch(() => undefined);
+  }
+
+  private noteReady(): void {
+    void this.journal
+      .write({ session: this.session.id, phase: 'ready', since: this.session.info.createdAt, vm: this.vm })
+      .catch((e: Error) => this.log.error(`session journal: ${e.message}`, { vm: this.vm.uuid }));
+  }
+
+  /** The session is over and the kernel holds what it should: nothing to undo after a crash. */
+  private async forgetJournal(): Promise<void> {
+    await this.journal.forget(this.vm.uuid).catch((e: Error) => this.log.error(`session journal: ${e.message}`, { vm: this.vm.uuid }));
   }
 
   private describe(e: unknown): string {
@@ -526,6 +541,7 @@ export class DestinationMigration {
     }
     await this.blocker.unblock(this.vm.uuid).catch((e: Error) => this.log.error(`could not lift the drop: ${e.message}`, { vm: this.vm.uuid }));
     this.session.update({ blocked: false });
+    await this.forgetJournal();
   }
 
   /** The migration is over (`migrated` keeps the state; `failed` rolls back). */
@@ -540,6 +556,7 @@ export class DestinationMigration {
       await this.lift();
       this.session.update({ blocked: false, readyAt: this.session.info.readyAt || this.clock.now() });
     }
+    await this.forgetJournal();
     try {
       await this.conn.send({ kind: MessageKind.Close, reason: CloseReason.Migrated, text: 'migrated' });
     } catch {

@@ -10,6 +10,9 @@ import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { formatPeerAddress, PeerAddress, PeerConnection, PeerListener, PeerPort } from './ports/peer-port';
 import { RegistryStore } from './ports/registry-store';
+import { HostVmsPort } from './ports/host-vms-port';
+import { JournalStore } from './ports/journal-store';
+import { recoverAfterCrash, RecoveryReport } from './crash-recovery';
 import { VmStatePort } from './ports/vmstate-port';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
@@ -40,6 +43,8 @@ export class MigrationEngine implements MigrationService {
   /** Cancels of the timers that start tracking again after an incoming session (see pauseTracking). */
   private readonly retrack = new Map<string, () => void>();
   private stopping = false;
+  /** VMs whose dbus-vmstate helper prepare-incoming started (not registered here): stopped with the daemon. */
+  private readonly incomingHelpers = new Set<string>();
   private readonly sources = new Map<string, SourceMigration>();
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
@@ -55,7 +60,21 @@ export class MigrationEngine implements MigrationService {
     @inject(Clock) private readonly clock: Clock,
     @inject(Log) private readonly log: Log,
     @inject(RegistryStore) private readonly registry: RegistryStore,
+    @inject(JournalStore) private readonly journal: JournalStore,
+    @inject(HostVmsPort) private readonly hostVms: HostVmsPort,
   ) {}
+
+  /**
+   * Undo what a previous run left behind (call once at start, before any
+   * session): lift every drop, remove the entries of incoming sessions that
+   * died mid-import (see crash-recovery.ts).
+   */
+  recover(): Promise<RecoveryReport> {
+    return recoverAfterCrash(
+      { journal: this.journal, blocker: this.blocker, conntrack: this.conntrack, hostVms: this.hostVms, log: this.log },
+      this.config.tableCapacity,
+    );
+  }
 
   /**
    * Register again the VMs a previous run had registered (from the run
@@ -103,7 +122,7 @@ export class MigrationEngine implements MigrationService {
     for (const uuid of [...this.retrack.keys()]) this.cancelTrackLater(uuid);
     for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
-    for (const uuid of this.vms.keys()) await this.vmstate.detach(uuid).catch(() => undefined);
+    for (const uuid of new Set([...this.vms.keys(), ...this.incomingHelpers])) await this.vmstate.detach(uuid).catch(() => undefined);
     for (const t of this.trackers.values()) await t.stop();
     this.trackers.clear();
     await this.listener?.close();
@@ -141,17 +160,19 @@ export class MigrationEngine implements MigrationService {
 
   async register(vm: VmSpec): Promise<RegisteredVm> {
     const entry: RegisteredVm = { vm, vmstateArgs: this.vmstate.objectArgs(vm.uuid) };
-    const helper = await this.vmstate.attach(vm.uuid, {
-      save: () => this.save(vm.uuid),
-      load: (blob) => this.load(vm.uuid, blob),
-    });
+    const helper = await this.vmstate.attach(vm.uuid, this.vmstateHandler(vm.uuid));
     entry.vmstateArgs = helper.objectArgs;
+    this.incomingHelpers.delete(vm.uuid);
     // libvirt registers an incoming VM while its session imports: tracking waits for the end of the import.
     if (!this.importing(vm.uuid)) this.track(vm);
     this.vms.set(vm.uuid, entry);
     await this.persist();
     this.log.info('VM registered', { vm: vm.uuid, addresses: vm.addresses.length });
     return entry;
+  }
+
+  private vmstateHandler(uuid: string): { save: () => Promise<Uint8Array>; load: (blob: Uint8Array) => Promise<void> } {
+    return { save: () => this.save(uuid), load: (blob) => this.load(uuid, blob) };
   }
 
   async unregister(uuid: string): Promise<void> {
@@ -244,14 +265,29 @@ export class MigrationEngine implements MigrationService {
     const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;
     const source = options.source ? parsePeerAddress(options.source, 'source') : null;
     this.replace(vm.uuid);
+    // QEMU -incoming with the object `vmstate-args` prints connects to the
+    // VM's helper as it starts: a host told the VM is coming has it up.
+    if (!this.vms.has(vm.uuid)) {
+      try {
+        await this.vmstate.attach(vm.uuid, this.vmstateHandler(vm.uuid));
+        this.incomingHelpers.add(vm.uuid);
+      } catch (e) {
+        this.log.warn(`the VM's dbus-vmstate helper did not start: ${(e as Error).message}; QEMU started with the dbus-vmstate object will fail to connect`, { vm: vm.uuid });
+      }
+    }
     // The snapshot's kernel writes start within a second: get the writers ready meanwhile.
     this.conntrack.prepareWrites?.();
     await this.pauseTracking(vm.uuid);
     const session = new Session('destination', vm.uuid, formatReadiness(readiness), this.clock, this.emit);
     this.emit({ kind: 'session-added', session: session.snapshot() });
+    // Written down before the drop goes in: if this daemon dies, the next one knows what to undo.
+    await this.journal
+      .write({ session: session.id, phase: 'importing', since: this.clock.now(), vm })
+      .catch((e: Error) => this.log.error(`session journal: ${e.message}; after a crash the drop is still lifted, but entries imported by then would stay`, { vm: vm.uuid }));
     try {
       await this.blocker.block(vm.uuid, vm.addresses);
     } catch (e) {
+      await this.journal.forget(vm.uuid).catch(() => undefined);
       session.fail(`could not block the VM's traffic: ${(e as Error).message}`);
       this.emit({ kind: 'session-removed', session: session.snapshot() });
       throw new Error(`${(e as Error).message}; no session started`);
@@ -264,6 +300,7 @@ export class MigrationEngine implements MigrationService {
       conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000 });
     } catch (e) {
       await this.blocker.unblock(vm.uuid).catch(() => undefined);
+      await this.journal.forget(vm.uuid).catch(() => undefined);
       session.update({ blocked: false });
       session.fail((e as Error).message);
       this.emit({ kind: 'session-removed', session: session.snapshot() });
@@ -274,7 +311,7 @@ export class MigrationEngine implements MigrationService {
       blockTimeoutMs: this.config.blockTimeoutMs,
       onBlockTimeout: this.config.onBlockTimeout,
       offerTimeoutMs: 30_000,
-    });
+    }, this.journal);
     this.destinations.set(vm.uuid, migration);
     let offer;
     try {

@@ -20,7 +20,7 @@ export class VmRegistryError extends Error {
   }
 }
 
-interface RegistryRecord {
+export interface RegistryRecord {
   uuid: string;
   addresses: string[];
   zone: number | null;
@@ -35,13 +35,24 @@ export interface DecodedRegistry {
 }
 
 export function encodeRegistry(vms: readonly VmSpec[]): string {
-  const records: RegistryRecord[] = vms.map((vm) => ({
-    uuid: vm.uuid,
-    addresses: vmAddressTexts(vm),
-    zone: vm.zone ?? null,
-    mark: vm.mark ? formatCtMark(vm.mark) : '',
-  }));
-  return `${JSON.stringify({ format: REGISTRY_FORMAT, vms: records })}\n`;
+  return `${JSON.stringify({ format: REGISTRY_FORMAT, vms: vms.map(vmRecord) })}\n`;
+}
+
+/** One VM as the run dir's files hold it (the registry, the session journal). */
+export function vmRecord(vm: VmSpec): RegistryRecord {
+  return { uuid: vm.uuid, addresses: vmAddressTexts(vm), zone: vm.zone ?? null, mark: vm.mark ? formatCtMark(vm.mark) : '' };
+}
+
+/** The VM a record names; throws VmSpecError or CtMarkError when it does not check out. */
+export function vmFromRecord(raw: unknown): VmSpec {
+  const r = raw as Partial<RegistryRecord> | null;
+  if (!r || typeof r.uuid !== 'string' || !Array.isArray(r.addresses) || !r.addresses.every((a) => typeof a === 'string')) {
+    throw new VmSpecError('needs uuid and addresses');
+  }
+  const zone = r.zone === null || r.zone === undefined ? undefined : r.zone;
+  if (zone !== undefined && typeof zone !== 'number') throw new VmSpecError('zone is not a number');
+  const mark = typeof r.mark === 'string' && r.mark !== '' ? parseCtMark(r.mark) : undefined;
+  return vmSpec(r.uuid, r.addresses, zone, mark);
 }
 
 export function decodeRegistry(text: string): DecodedRegistry {
@@ -58,15 +69,8 @@ export function decodeRegistry(text: string): DecodedRegistry {
   const out: DecodedRegistry = { vms: [], problems: [] };
   const seen = new Set<string>();
   top.vms.forEach((raw: unknown, i: number) => {
-    const r = raw as Partial<RegistryRecord> | null;
     try {
-      if (!r || typeof r.uuid !== 'string' || !Array.isArray(r.addresses) || !r.addresses.every((a) => typeof a === 'string')) {
-        throw new VmSpecError('needs uuid and addresses');
-      }
-      const zone = r.zone === null || r.zone === undefined ? undefined : r.zone;
-      if (zone !== undefined && typeof zone !== 'number') throw new VmSpecError('zone is not a number');
-      const mark = typeof r.mark === 'string' && r.mark !== '' ? parseCtMark(r.mark) : undefined;
-      const vm = vmSpec(r.uuid, r.addresses, zone, mark);
+      const vm = vmFromRecord(raw);
       if (seen.has(vm.uuid)) throw new VmSpecError(`VM ${vm.uuid} listed twice; the first kept`);
       seen.add(vm.uuid);
       out.vms.push(vm);

@@ -53,6 +53,18 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     log.warn(`${(e as Error).message}; entries created while no migration listens may not report changes`);
   }
   const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
+  // First of all: a previous run that crashed may have left a VM blocked.
+  const t0 = Date.now();
+  const recovered = await engine.recover();
+  if (recovered.lifted.length + recovered.removed + recovered.kept.length > 0) {
+    log.warn('recovered after an unclean stop', {
+      drops: recovered.lifted.length,
+      liftedMs: recovered.liftedMs,
+      entries: recovered.removed,
+      kept: recovered.kept.length,
+      ms: Date.now() - t0,
+    });
+  }
   // Before any session: the first migration should not run the codec in V8's slow tiers.
   warmUpCodec();
 

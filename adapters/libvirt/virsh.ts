@@ -40,7 +40,12 @@ export class Virsh {
     }
   }
 
-  private run(args: string[]): Promise<string> {
+  /** `virsh domstate`: running, paused, shut off, ... (fails for a domain libvirt does not know). */
+  domainState(domain: string, timeoutMs = TIMEOUT_MS): Promise<string> {
+    return this.run(['domstate', domain], timeoutMs);
+  }
+
+  private run(args: string[], timeoutMs = TIMEOUT_MS): Promise<string> {
     const argv = this.uri ? ['-c', this.uri, ...args] : args;
     return new Promise((resolve, reject) => {
       const child = spawn('virsh', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -48,7 +53,7 @@ export class Virsh {
       const err: Buffer[] = [];
       child.stdout.on('data', (b: Buffer) => out.push(b));
       child.stderr.on('data', (b: Buffer) => err.push(b));
-      const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
       child.on('error', (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         reject(

@@ -1,5 +1,8 @@
 import 'reflect-metadata';
 import { RegistryStore } from '../../../plugin/ports/registry-store';
+import { JournalStore } from '../../../plugin/ports/journal-store';
+import { HostVmsPort } from '../../../plugin/ports/host-vms-port';
+import { FakeHostVms, FakeJournal } from './fakes/fake-journal';
 import { FakeRegistry } from './fakes/fake-registry';
 import { container } from 'tsyringe';
 import { parseAddress } from '../../../plugin/address';
@@ -54,6 +57,8 @@ export interface Host {
   trace: string[];
   config: DaemonConfig;
   registry: FakeRegistry;
+  journal: FakeJournal;
+  hostVms: FakeHostVms;
 }
 
 /** Wraps the fakes of some ports before the engine gets them (the way the composition root wraps real ports). */
@@ -61,6 +66,8 @@ export interface PortWrap {
   feed?: (f: ConnectionFeed) => ConnectionFeed;
   peers?: (p: PeerPort) => PeerPort;
   vmstate?: (v: VmStatePort) => VmStatePort;
+  /** The journal a previous engine on this host left (a restart after a crash). */
+  journal?: FakeJournal;
 }
 
 /** A host whose engine is resolved from a child container with a fake at every port. */
@@ -98,11 +105,15 @@ export async function startHost(
   c.register(Clock, { useValue: clock });
   c.register(Log, { useValue: log });
   c.register(RegistryStore, { useValue: registry });
+  const journal = wrap.journal ?? new FakeJournal();
+  const hostVms = new FakeHostVms();
+  c.register(JournalStore, { useValue: journal });
+  c.register(HostVmsPort, { useValue: hostVms });
   const engine = c.resolve(MigrationEngine);
   const events: ServiceEvent[] = [];
   engine.subscribe((e) => events.push(e));
   const address = await engine.start();
-  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config, registry };
+  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config, registry, journal, hostVms };
 }
 
 /** The states a host's session of `role` went through, from its state-changed events. */

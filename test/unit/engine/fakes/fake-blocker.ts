@@ -35,6 +35,11 @@ export class FakeBlocker implements BlockerPort {
     this.drops.clear();
   }
 
+  /** Hold the drops `other` holds (the same host's kernel, seen by a restarted daemon). */
+  adopt(other: FakeBlocker): void {
+    for (const [vm, a] of other.drops) this.drops.set(vm, a);
+  }
+
   /** Whether the VM's traffic is dropped right now. */
   isBlocked(vm: string): boolean {
     return this.drops.has(vm);

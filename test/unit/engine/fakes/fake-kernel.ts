@@ -64,6 +64,12 @@ export class FakeKernel {
   private readonly entries = new Map<string, FlowRecord>();
   private readonly listeners = new Set<(c: KernelChange) => void>();
 
+  /** Hold exactly what `other` holds (the same host's kernel, seen by a restarted daemon). */
+  replaceWith(other: FakeKernel): void {
+    this.entries.clear();
+    for (const [k, r] of other.entries) this.entries.set(k, r);
+  }
+
   /** Create or replace an entry (what a packet or `conntrack -I/-U` does). */
   put(v: FlowView): void {
     const r = kernelCopy(v);

@@ -10,6 +10,11 @@ export class FakeVmState implements VmStatePort {
     return { busAddress: `unix:path=/run/ctmigrate/${uuid}/bus`, objectArgs: this.objectArgs(uuid) };
   }
 
+  /** Whether the VM's helper is up (QEMU could connect to it). */
+  attached(uuid: string): boolean {
+    return this.handlers.has(uuid);
+  }
+
   async detach(uuid: string): Promise<void> {
     if (this.handlers.delete(uuid)) this.detached.push(uuid);
   }
