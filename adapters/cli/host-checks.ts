@@ -99,7 +99,9 @@ export function checkCredentials(config: DaemonConfig): CheckResult {
       item,
       ok: false,
       detail: message(e),
-      fix: 'create a key on one host (head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n" > /etc/ctmigrate/psk; chmod 600), copy it to every host, and set psk-file = /etc/ctmigrate/psk in /etc/ctmigrate/ctmigrate.conf',
+      fix: /group or others|not root/.test(message(e))
+        ? `chown root:root ${config.pskFile ?? '/etc/ctmigrate/psk'}; chmod 600 ${config.pskFile ?? '/etc/ctmigrate/psk'} (the key must be readable by root only)`
+        : 'create a key on one host ((umask 077; od -An -tx1 -N32 /dev/urandom | tr -d " \\n" > /etc/ctmigrate/psk)), copy it to every host (0600, owned by root), and set psk-file = /etc/ctmigrate/psk in /etc/ctmigrate/ctmigrate.conf',
     };
   }
 }

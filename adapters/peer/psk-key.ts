@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 
 /** Fewest key bytes accepted: 256 bits, as the --psk-file contract says. */
 export const MIN_PSK_BYTES = 32;
@@ -32,14 +32,34 @@ export function parsePskHex(text: string, source = 'pre-shared key'): Buffer {
   return Buffer.from(hex, 'hex');
 }
 
-/** Read and parse a --psk-file. */
+/**
+ * Read and parse a --psk-file. The key opens every peer's state to whoever
+ * holds it: a file that group or others can read, or that someone else
+ * than root (or the user the daemon runs as) owns and could rewrite, is
+ * refused, with the command that fixes it.
+ */
 export function readPskFile(path: string): Buffer {
   let text: string;
+  let fd: number;
   try {
-    text = readFileSync(path, 'latin1');
+    fd = openSync(path, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? String(err);
     throw new PskKeyError(`cannot read the pre-shared key file ${path}: ${code}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    const self = process.getuid?.() ?? 0;
+    if (st.uid !== 0 && st.uid !== self) {
+      throw new PskKeyError(`the pre-shared key file ${path} is owned by uid ${st.uid}, not root: chown root:root ${path}`);
+    }
+    if ((st.mode & 0o077) !== 0) {
+      const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+      throw new PskKeyError(`the pre-shared key file ${path} is readable or writable by group or others (mode ${mode}): chmod 600 ${path}`);
+    }
+    text = readFileSync(fd, 'latin1');
+  } finally {
+    closeSync(fd);
   }
   return parsePskHex(text, `pre-shared key file ${path}`);
 }

@@ -6,8 +6,9 @@
 
 import { strict as assert } from 'node:assert';
 import { join } from 'node:path';
+import { chmod, copyFile } from 'node:fs/promises';
 import { bulkLoad } from './lab/bulk';
-import { ADDR, MigrationLab, VM_UUID } from './lab/migration-lab';
+import { ADDR, CTMIGRATED, MigrationLab, VM_UUID } from './lab/migration-lab';
 import { reapStaleNamespaces } from './lab/netns';
 
 function isRoot(): boolean {
@@ -84,6 +85,15 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
       assert.doesNotMatch(r.stderr, /terminate called|Napi::Error|FATAL ERROR/);
     }
     await m.b.ns.execOk('conntrack', ['-F']);
+  });
+
+  it('refuses to start with a key file group or others can read, and says how to fix it', async () => {
+    const loose = join(m.dir, 'loose.psk');
+    await copyFile(m.pskFile, loose);
+    await chmod(loose, 0o644);
+    const r = await m.b.ns.exec('env', [`DBUS_SYSTEM_BUS_ADDRESS=${m.b.bus}`, process.execPath, CTMIGRATED, '--psk-file', loose, '--run-dir', join(m.dir, 'loose-run')], { timeoutMs: 15_000 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, new RegExp(`pre-shared key file ${loose} is readable or writable by group or others \\(mode 0644\\): chmod 600 ${loose}`));
   });
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {

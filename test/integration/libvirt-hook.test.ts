@@ -176,7 +176,7 @@ describe('libvirt hook, called as libvirt calls it, against two ctmigrated hosts
     mkdirSync(join(dir, 'hooks/qemu.d'), { recursive: true });
     hook = join(dir, 'hooks/qemu.d/ctmigrate');
     symlinkSync(HOOK_IN_REPO, hook);
-    writeFileSync(join(dir, 'psk'), randomBytes(32).toString('hex'));
+    writeFileSync(join(dir, 'psk'), randomBytes(32).toString('hex'), { mode: 0o600 });
     await runOk('ip', ['netns', 'add', nsA]);
     await runOk('ip', ['netns', 'add', nsB]);
     await runOk('ip', ['link', 'add', `va${tag}`, 'netns', nsA, 'type', 'veth', 'peer', 'name', `vb${tag}`, 'netns', nsB]);

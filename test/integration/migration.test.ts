@@ -165,7 +165,7 @@ describe('live migration through strict firewalls (real QEMU, namespaces)', func
       const m = await lab();
       const target = [ADDR.peerA, String(PEER_PORT)];
       const wrongKey = join(m.dir, 'wrong.psk');
-      await writeFile(wrongKey, randomBytes(32).toString('hex'));
+      await writeFile(wrongKey, randomBytes(32).toString('hex'), { mode: 0o600 });
 
       const noKey = await m.hostile(m.b, ['no-key', ...target]);
       assert.equal(noKey.closed, true, `no key: ${JSON.stringify(noKey)}`);

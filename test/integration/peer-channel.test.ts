@@ -58,8 +58,8 @@ describe('peer channel (TLS on loopback)', function () {
 
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'ctm-peer-'));
-    writeFileSync(join(dir, 'psk'), `${randomBytes(32).toString('hex')}\n`);
-    writeFileSync(join(dir, 'other.psk'), randomBytes(32).toString('hex'));
+    writeFileSync(join(dir, 'psk'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    writeFileSync(join(dir, 'other.psk'), randomBytes(32).toString('hex'), { mode: 0o600 });
     creds = loadCredentials({ pskFile: join(dir, 'psk') });
     otherCreds = loadCredentials({ pskFile: join(dir, 'other.psk') });
   });

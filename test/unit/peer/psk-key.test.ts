@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePskHex, PskKeyError, readPskFile } from '../../../adapters/peer/psk-key';
@@ -13,8 +13,20 @@ describe('pre-shared key file', () => {
 
   it('reads 32 bytes of hex with a trailing newline', () => {
     const p = join(dir, 'ok');
-    writeFileSync(p, `${KEY}\n`);
+    writeFileSync(p, `${KEY}\n`, { mode: 0o600 });
     assert.deepEqual(readPskFile(p), Buffer.from(KEY, 'hex'));
+  });
+
+  it('refuses a key file that group or others can read, saying how to fix it', () => {
+    for (const mode of [0o644, 0o640, 0o604, 0o620]) {
+      const p = join(dir, `loose-${mode.toString(8)}`);
+      writeFileSync(p, `${KEY}\n`);
+      chmodSync(p, mode);
+      assert.throws(
+        () => readPskFile(p),
+        (e: unknown) => e instanceof PskKeyError && e.message.includes(`(mode 0${mode.toString(8)}): chmod 600 ${p}`),
+      );
+    }
   });
 
   it('tolerates whitespace inside the key', () => {

@@ -8,7 +8,7 @@ describe('peer credentials', () => {
   let dir = '';
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'ctm-cred-'));
-    writeFileSync(join(dir, 'psk'), 'cd'.repeat(32));
+    writeFileSync(join(dir, 'psk'), 'cd'.repeat(32), { mode: 0o600 });
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
