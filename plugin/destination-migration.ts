@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
 import { ExtFlag, L4, R_EXT, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag, X_PRESENT } from './flow';
 import { FlowView } from './flow-view';
-import { confine, confineKey, Refusal, refusalSummary, REFUSAL_KINDS } from './import-confinement';
+import { confine, confineKey, ownsOriginalTuple, Refusal, refusalSummary, REFUSAL_KINDS } from './import-confinement';
 import { CloseReason, MessageKind, OfferMessage, PeerMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
@@ -423,7 +423,8 @@ export class DestinationMigration {
     }
     if (picked.length === 0) return;
     this.anyImported = true;
-    const selection: WriteSelection = { table: this.table, from, upTo, slots: picked };
+    // An entry that is the VM's only through its NAT binding never replaces what holds its original tuple.
+    const selection: WriteSelection = { table: this.table, from, upTo, slots: picked, keepExisting: (v) => !ownsOriginalTuple(this.vm, v) };
     const write = this.conntrack.create(selection);
     this.writes.add(write);
     let report: WriteReport;
@@ -434,6 +435,19 @@ export class DestinationMigration {
     }
     // The session failed while this part was on its way in; the rollback waited for it and removes it.
     if (this.ended) throw new Error(`session ${this.session.id} ended during a commit; its entries are removed with the rest`);
+    // A create the kernel refused made nothing: a rollback must not delete
+    // the entry that holds its key (a flow of the host's own). Only a lost
+    // answer (ENOBUFS) leaves it unknown, and stays marked.
+    let collisions = 0;
+    for (const f of report.failures) {
+      if (f.code === 'ENOBUFS') continue;
+      st[f.slot] &= ~Slot.Imported;
+      if (f.code === 'EEXIST') collisions++;
+    }
+    if (collisions > 0) {
+      this.session.update({ refused: this.session.info.refused + collisions });
+      this.log.warn(`refused ${collisions} entries whose original tuple an entry that is not the VM's already holds; those entries are left alone`, { vm: this.vm.uuid, session: this.session.id });
+    }
     this.progress.committed += report.created + report.replaced;
     for (const f of report.failures.slice(0, 10)) this.log.warn(`kernel refused ${f.flow}: ${f.reason}`, { vm: this.vm.uuid, session: this.session.id });
     if (report.failures.length > 10) this.log.warn(`kernel refused ${report.failures.length - 10} more entries`, { vm: this.vm.uuid });

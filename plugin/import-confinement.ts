@@ -179,6 +179,17 @@ export function icmpReplyType(l4proto: number, type: number): number {
   }
 }
 
+/**
+ * Whether the VM is in the entry's original tuple. An existing kernel entry
+ * with the same original tuple and zone is then the VM's too, by the same
+ * rule, and may be replaced; an entry that is the VM's only through its NAT
+ * binding may collide with a flow of the host's own, which is left alone.
+ */
+export function ownsOriginalTuple(vm: VmSpec, v: FlowView): boolean {
+  const family = v.u8[v.rec + R_FAMILY];
+  return isVmAddress(vm, family, v.u8, v.rec + R_ORIG_SRC) || isVmAddress(vm, family, v.u8, v.rec + R_ORIG_DST);
+}
+
 /** Check one entry against the VM; Refusal.Accepted when it may be imported. */
 export function confine(vm: VmSpec, v: FlowView): Refusal {
   const u8 = v.u8;

@@ -16,7 +16,10 @@
  *   otherwise answers would be dropped (ENOBUFS) and failures could go
  *   unreported.
  * - Replace: create with NLM_F_CREATE|NLM_F_EXCL; on EEXIST the next batch
- *   carries a delete and a second create for that entry.
+ *   carries a delete and a second create for that entry, unless the caller
+ *   said to keep what exists for it (an import whose entry is the VM's only
+ *   through NAT may collide with a flow of the host's own): then EEXIST is
+ *   its failure and the existing entry stays.
  */
 import { ConnectionTable } from '../../plugin/connection-table';
 import { R_EXT, R_SEQ } from '../../plugin/flow';
@@ -104,10 +107,12 @@ export class BulkWriter {
   }
 
   /** Create (or replace) the entries in `slots`, in order; fills `report`. */
-  async create(slots: ArrayLike<number>, report: WriteReport, onBatch?: (done: number) => void): Promise<void> {
+  async create(slots: ArrayLike<number>, report: WriteReport, onBatch?: (done: number) => void, keep: ReadonlySet<number> | null = null): Promise<void> {
     const again: number[] = [];
     this.undo = [];
+    this.keep = keep;
     await this.pass(Array.from(slots), Op.Create, report, again, onBatch);
+    this.keep = null;
     if (again.length > 0) await this.pass(again, Op.Recreate, report, []);
     // An entry the kernel created without its labels is not the entry we
     // were given: take it out again rather than leave it half-applied.
@@ -117,6 +122,9 @@ export class BulkWriter {
       await this.pass(undo, Op.Delete, { created: 0, replaced: 0, deleted: 0, failures: [] }, []);
     }
   }
+
+  /** Slots of the create in progress whose existing kernel entry is never replaced. */
+  private keep: ReadonlySet<number> | null = null;
 
   /** Entries created whose labels the kernel refused; deleted after the create passes. */
   private undo: number[] = [];
@@ -321,6 +329,8 @@ export class BulkWriter {
           report.replaced++;
           counted = Op.Recreate;
         } else report.deleted++;
+      } else if (k === Op.Create && e === Errno.EEXIST && this.keep !== null && this.keep.has(slotOf[i])) {
+        report.failures.push({ ...writeFailure(step, e, slotOf[i], this.at(slotOf[i])), reason: "an entry that is not the VM's holds this tuple; left alone" });
       } else if (k === Op.Create && (e === Errno.EEXIST || e === Errno.EAGAIN)) {
         again.push(slotOf[i]);
       } else {

@@ -67,7 +67,14 @@ export class ConntrackNetlink implements ConntrackPort {
    * Entries without a master are split between them; related ones follow
    * (on one thread) once every master is in. Removal runs the other way.
    */
-  private async threaded(op: 'create' | 'remove', table: ConnectionTable, plain: number[], related: number[], onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
+  private async threaded(
+    op: 'create' | 'remove',
+    table: ConnectionTable,
+    plain: number[],
+    related: number[],
+    onProgress?: (done: number, total: number) => void,
+    keep: number[] = [],
+  ): Promise<WriteReport> {
     const total = plain.length + related.length;
     const [t0, t1] = this.threads;
     const half = plain.length >> 1;
@@ -77,11 +84,11 @@ export class ConntrackNetlink implements ConntrackPort {
       onProgress?.(done[0] + done[1] + done[2], total);
     };
     const both = (): Promise<WriteReport[]> =>
-      Promise.all([t0.run(op, table, plain.slice(0, half), [], progress(0)), t1.run(op, table, plain.slice(half), [], progress(1))]);
+      Promise.all([t0.run(op, table, plain.slice(0, half), [], progress(0), keep), t1.run(op, table, plain.slice(half), [], progress(1), keep)]);
     const parts: WriteReport[] = [];
     if (op === 'create') {
       parts.push(...(await both()));
-      if (related.length > 0) parts.push(await t0.run(op, table, [], related, progress(2)));
+      if (related.length > 0) parts.push(await t0.run(op, table, [], related, progress(2), keep));
     } else {
       if (related.length > 0) parts.push(await t0.run(op, table, [], related, progress(2)));
       parts.push(...(await both()));
@@ -165,15 +172,16 @@ export class ConntrackNetlink implements ConntrackPort {
 
   /** Create every live record of the selection (masters first); existing entries are replaced. */
   async create(selection: WriteSelection, onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
-    const { plain, related } = liveSlots(selection);
-    if (this.threads.length > 0) return this.threaded('create', selection.table, plain, related, onProgress);
+    const { plain, related, keep } = liveSlots(selection);
+    if (this.threads.length > 0) return this.threaded('create', selection.table, plain, related, onProgress, keep);
     const total = plain.length + related.length;
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
     const sock = this.open(this.writeSocket());
+    const kept = keep.length > 0 ? new Set(keep) : null;
     try {
       const writer = new BulkWriter(sock, selection.table, this.options.batchSize ?? DEFAULT_BATCH);
-      await writer.create(plain, report, (d) => onProgress?.(d, total));
-      await writer.create(related, report, (d) => onProgress?.(plain.length + d, total));
+      await writer.create(plain, report, (d) => onProgress?.(d, total), kept);
+      await writer.create(related, report, (d) => onProgress?.(plain.length + d, total), kept);
     } finally {
       sock.close();
     }
@@ -202,15 +210,18 @@ export class ConntrackNetlink implements ConntrackPort {
  * among its slots when it names them), split into entries without and with
  * a master.
  */
-export function liveSlots(selection: WriteSelection): { plain: number[]; related: number[] } {
+export function liveSlots(selection: WriteSelection): { plain: number[]; related: number[]; keep: number[] } {
   const t = selection.table;
   const from = selection.from ?? 0;
   const upTo = selection.upTo ?? t.version;
   const filter = selection.filter;
   const plain: number[] = [];
   const related: number[] = [];
+  const keep: number[] = [];
+  const keepExisting = selection.keepExisting;
   const take = (v: FlowView, slot: number): void => {
     if (filter && !filter(v, slot)) return;
+    if (keepExisting && keepExisting(v, slot)) keep.push(slot);
     const ext = t.u32[(v.rec + R_EXT) >> 2];
     const isRelated = ext !== 0 && (t.u32[(t.extOffset(ext - 1) + X_PRESENT) >> 2] & ExtFlag.Master) !== 0;
     (isRelated ? related : plain).push(slot);
@@ -228,7 +239,7 @@ export function liveSlots(selection: WriteSelection): { plain: number[]; related
       const ext = t.u32[(rec + R_EXT) >> 2];
       take(v.at(rec, ext === 0 ? -1 : t.extOffset(ext - 1)), slot);
     }
-    return { plain, related };
+    return { plain, related, keep };
   }
   const cur = t.cursor().reset(from > 0 ? Scan.Delta : Scan.Snapshot, from, upTo);
   const v = cur.view;
@@ -237,5 +248,5 @@ export function liveSlots(selection: WriteSelection): { plain: number[]; related
     if ((t.u8[v.rec + R_FLAGS] & RecordFlag.Live) === 0) continue;
     take(v, cur.slot);
   }
-  return { plain, related };
+  return { plain, related, keep };
 }

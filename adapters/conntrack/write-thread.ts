@@ -50,7 +50,7 @@ export class WriteThread {
   }
 
   /** Write `plain` then `related` (create), or `related` then `plain` (remove), from `table`. */
-  run(op: WriteJob['op'], table: ConnectionTable, plain: number[], related: number[], onProgress?: (done: number, total: number) => void): Promise<WriteReport> {
+  run(op: WriteJob['op'], table: ConnectionTable, plain: number[], related: number[], onProgress?: (done: number, total: number) => void, keep: number[] = []): Promise<WriteReport> {
     let w: Worker;
     if (this.closed) return Promise.reject(new Error('conntrack writer closed (the daemon is stopping)'));
     try {
@@ -59,7 +59,7 @@ export class WriteThread {
       return Promise.reject(e as Error);
     }
     const id = this.nextId++;
-    const job: WriteJob = { id, op, sab: table.sab, plain: Uint32Array.from(plain), related: Uint32Array.from(related) };
+    const job: WriteJob = { id, op, sab: table.sab, plain: Uint32Array.from(plain), related: Uint32Array.from(related), keep: Uint32Array.from(keep) };
     return new Promise<WriteReport>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onProgress, total: plain.length + related.length });
       if (this.pending.size === 1) w.ref();

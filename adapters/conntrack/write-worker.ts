@@ -39,6 +39,8 @@ export interface WriteJob {
   sab: SharedArrayBuffer;
   plain: Uint32Array;
   related: Uint32Array;
+  /** Slots whose existing kernel entry is left alone instead of replaced (WriteSelection.keepExisting). */
+  keep: Uint32Array;
 }
 
 /** The last message a thread gets: end once every job before it is done. */
@@ -72,9 +74,10 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
       writer = new BulkWriter(sock, table, data.batchSize ?? DEFAULT_BATCH, turn);
     } else writer.useTable(table);
     const report: WriteReport = { created: 0, replaced: 0, deleted: 0, failures: [] };
+    const kept = j.keep.length > 0 ? new Set(j.keep) : null;
     if (j.op === 'create') {
-      await writer.create(j.plain, report, (d) => port.postMessage({ id: j.id, kind: 'progress', done: d } satisfies WriteAnswer));
-      await writer.create(j.related, report, (d) => port.postMessage({ id: j.id, kind: 'progress', done: j.plain.length + d } satisfies WriteAnswer));
+      await writer.create(j.plain, report, (d) => port.postMessage({ id: j.id, kind: 'progress', done: d } satisfies WriteAnswer), kept);
+      await writer.create(j.related, report, (d) => port.postMessage({ id: j.id, kind: 'progress', done: j.plain.length + d } satisfies WriteAnswer), kept);
     } else {
       await writer.remove(j.related, report);
       await writer.remove(j.plain, report);

@@ -50,6 +50,11 @@ export interface WriteSelection {
    * are spares a scan of a big table for a small part of it.
    */
   slots?: ArrayLike<number>;
+  /**
+   * create() only: for the records this selects, an entry that already holds
+   * the tuple is left alone (a failure with code EEXIST), never replaced.
+   */
+  keepExisting?: (v: FlowView, slot: number) => boolean;
 }
 
 /**

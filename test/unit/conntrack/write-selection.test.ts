@@ -24,14 +24,14 @@ describe('ConntrackNetlink write selection (liveSlots)', () => {
   });
 
   it('without from/filter: every live record up to upTo, related ones last', () => {
-    assert.deepEqual(liveSlots({ table: t }), { plain: [0, 2, 4, 5], related: [1] });
-    assert.deepEqual(liveSlots({ table: t, upTo: 3 }), { plain: [0, 2], related: [1] });
+    assert.deepEqual(liveSlots({ table: t }), { plain: [0, 2, 4, 5], related: [1], keep: [] });
+    assert.deepEqual(liveSlots({ table: t, upTo: 3 }), { plain: [0, 2], related: [1], keep: [] });
   });
 
   it('from: only records with a version in (from, upTo], never tombstones', () => {
-    assert.deepEqual(liveSlots({ table: t, from: 2 }), { plain: [2, 4, 5], related: [] });
-    assert.deepEqual(liveSlots({ table: t, from: 1, upTo: 4 }), { plain: [2], related: [1] });
-    assert.deepEqual(liveSlots({ table: t, from: 6 }), { plain: [], related: [] }, 'the deletion at version 7 is no write');
+    assert.deepEqual(liveSlots({ table: t, from: 2 }), { plain: [2, 4, 5], related: [], keep: [] });
+    assert.deepEqual(liveSlots({ table: t, from: 1, upTo: 4 }), { plain: [2], related: [1], keep: [] });
+    assert.deepEqual(liveSlots({ table: t, from: 6 }), { plain: [], related: [], keep: [] }, 'the deletion at version 7 is no write');
   });
 
   it('filter: only the records it selects, given their slot', () => {
@@ -43,15 +43,17 @@ describe('ConntrackNetlink write selection (liveSlots)', () => {
         return v.origSport % 2 === 0 || slot === 1;
       },
     });
-    assert.deepEqual(sel, { plain: [0, 2, 4], related: [1] });
+    assert.deepEqual(sel, { plain: [0, 2, 4], related: [1], keep: [] });
     assert.deepEqual(asked, [0, 1, 2, 4, 5], 'asked once per live record in range');
-    assert.deepEqual(liveSlots({ table: t, from: 3, filter: (v) => v.origSport !== 1004 }), { plain: [5], related: [] });
+    assert.deepEqual(liveSlots({ table: t, from: 3, filter: (v) => v.origSport !== 1004 }), { plain: [5], related: [], keep: [] });
   });
 
   it('slots: only those slots, still checked for life, range and filter', () => {
-    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 3, 0] }), { plain: [5, 0], related: [1] });
-    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 0], from: 1, upTo: 5 }), { plain: [], related: [1] });
-    assert.deepEqual(liveSlots({ table: t, slots: [5, 4, 2, 63, -1], filter: (_v, s) => s !== 4 }), { plain: [5, 2], related: [] });
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 3, 0] }), { plain: [5, 0], related: [1], keep: [] });
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 0], from: 1, upTo: 5 }), { plain: [], related: [1], keep: [] });
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 4, 2, 63, -1], filter: (_v, s) => s !== 4 }), { plain: [5, 2], related: [], keep: [] });
+    // keepExisting: which of the selected records must not replace an existing entry.
+    assert.deepEqual(liveSlots({ table: t, slots: [5, 1, 3, 0], keepExisting: (_v, s) => s !== 0 }), { plain: [5, 0], related: [1], keep: [5, 1] });
     assert.equal(slots.length, 6);
   });
 });

@@ -163,6 +163,10 @@ export class FakeConntrack implements ConntrackPort {
         report.failures.push(failure(slot, v, 'ENOENT', 'master entry missing (the related entry needs its master first)'));
         return;
       }
+      if (this.kernel.has(v) && selection.keepExisting?.(v, slot)) {
+        report.failures.push(failure(slot, v, 'EEXIST', "an entry that is not the VM's holds this tuple; left alone"));
+        return;
+      }
       if (this.kernel.has(v)) report.replaced++;
       else report.created++;
       this.kernel.put(v);
