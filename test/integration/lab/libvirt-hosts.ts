@@ -371,11 +371,20 @@ export class LibvirtHost {
     const host = new LibvirtHost(spec, dir, supervisor);
     try {
       await supervisor.waitFor(new RegExp(SUPERVISOR_READY), 30_000);
-      const deadline = Date.now() + 20_000;
+      // A libvirtd still initialising (probing dmidecode, udev, capabilities)
+      // may accept the connection and answer late: such a try is retried
+      // like a refused one, until the deadline (seen once in CI: 10 s).
+      const deadline = Date.now() + 40_000;
       for (;;) {
-        const r = await host.virsh(['version'], { timeoutMs: 10_000 });
-        if (r.code === 0) break;
-        if (Date.now() > deadline) throw new Error(`libvirtd on ${spec.name} does not answer: ${r.stderr.trim()}`);
+        let why: string;
+        try {
+          const r = await host.virsh(['version'], { timeoutMs: 8_000 });
+          if (r.code === 0) break;
+          why = r.stderr.trim();
+        } catch (e) {
+          why = (e as Error).message;
+        }
+        if (Date.now() > deadline) throw new Error(`libvirtd on ${spec.name} does not answer: ${why}`);
         await sleep(100);
       }
     } catch (e) {
