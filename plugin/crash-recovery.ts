@@ -6,7 +6,7 @@
 // and mark: those go, unless the hypervisor runs that VM here now.
 
 import { ConnectionTable } from './connection-table';
-import { BlockerPort } from './ports/blocker-port';
+import { BlockedVm, BlockerPort } from './ports/blocker-port';
 import { ConntrackPort } from './ports/conntrack-port';
 import { HostVmsPort } from './ports/host-vms-port';
 import { JournalStore } from './ports/journal-store';
@@ -44,7 +44,7 @@ export async function recoverAfterCrash(p: RecoveryPorts, tableCapacity: number)
     p.log.warn(`session journal: ${bad.reason}; record removed (the VM's drop is lifted, its entries cannot be told apart)`, { vm: bad.vm });
     await p.journal.forget(bad.vm).catch(() => undefined);
   }
-  let blocked: Array<{ vm: string; addresses: readonly unknown[] }> = [];
+  let blocked: BlockedVm[] = [];
   try {
     blocked = await p.blocker.blocked();
   } catch (e) {

@@ -13,16 +13,33 @@ const UUID_FILE = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
  * JournalStore as `<run-dir>/journal/<uuid>.json` (folder 0700, files 0600).
  * A write goes to a temporary file, is fsync'd, and renamed over the old
  * record, then the folder is fsync'd: once write() resolves, the record
- * survives a crash of the daemon or of the host.
+ * survives a crash of the daemon or of the host. Writes and removals run
+ * one after the other in call order, so a late write never resurrects a
+ * record that was forgotten after it was asked for.
  */
 export class FileJournalStore implements JournalStore {
   readonly dir: string;
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(runDir: string) {
     this.dir = join(runDir, JOURNAL_DIR);
   }
 
-  async write(record: JournalRecord): Promise<void> {
+  write(record: JournalRecord): Promise<void> {
+    return this.serial(() => this.writeNow(record));
+  }
+
+  forget(vm: string): Promise<void> {
+    return this.serial(() => this.forgetNow(vm));
+  }
+
+  private serial(work: () => Promise<void>): Promise<void> {
+    const next = this.queue.then(work, work);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async writeNow(record: JournalRecord): Promise<void> {
     const path = this.path(record.vm.uuid);
     const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
     try {
@@ -42,7 +59,7 @@ export class FileJournalStore implements JournalStore {
     }
   }
 
-  async forget(vm: string): Promise<void> {
+  private async forgetNow(vm: string): Promise<void> {
     try {
       await rm(this.path(vm), { force: true });
     } catch (e) {

@@ -44,6 +44,14 @@ describe('session journal', () => {
       assert.deepEqual(await store.load(), { records: [], problems: [] });
     });
 
+    it('runs writes and removals in call order: a write still on its way never outlives the forget after it', async () => {
+      const store = new FileJournalStore(dir);
+      const w = store.write({ ...RECORD, phase: 'ready' });
+      await store.forget(VM.uuid);
+      await w;
+      assert.deepEqual(await store.load(), { records: [], problems: [] });
+    });
+
     it('reports an unreadable record, drops a torn temporary write and ignores foreign files', async () => {
       const store = new FileJournalStore(dir);
       await store.write(RECORD);
