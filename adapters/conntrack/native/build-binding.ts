@@ -31,6 +31,15 @@
  *    stop polling and close the socket without calling anything. A
  *    JavaScript callback that threw goes to Node's uncaught-exception path
  *    instead of std::terminate.
+ * 7. The binding stays mapped until the process ends. A worker that ends
+ *    unloads the addons it loaded, and only then runs its loop a last time
+ *    to finish closing handles; a socket's poll or timer handle closed in
+ *    that teardown had its close callback in the unloaded code, and the
+ *    process died of SIGSEGV (seen at about 1 exit in 50 mid-create). The
+ *    module marks itself RTLD_NODELETE when it loads.
+ * 8. A method called by JavaScript (setRecvBufferSize, send, ...) that fails
+ *    while the thread is torn down has nowhere to throw: node-addon-api then
+ *    called std::terminate. It is built to drop such an error instead.
  *
  * Run by `npm run build` after tsc. Offline: it needs g++, make, python3 and
  * Node's headers (nodedir), and node-gyp from npm. If it cannot build, the
@@ -250,6 +259,29 @@ const PATCHES: Patch[] = [
         Napi::HandleScope scope (obj->Env());`,
   },
   {
+    why: 'the binding stays mapped while closing handles still point into it',
+    find: `Napi::Object Init(Napi::Env env, Napi::Object exports) {
+    Socket::Init(env, exports);`,
+    replace: `// Loaded once more with RTLD_NODELETE: never unloaded, whatever thread loaded it.
+static void StayMapped() {
+    Dl_info self {};
+    if (dladdr(reinterpret_cast<void*>(&StayMapped), &self) && self.dli_fname)
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+    StayMapped();
+    Socket::Init(env, exports);`,
+  },
+  {
+    why: 'the binding stays mapped while closing handles still point into it',
+    find: `#include <sys/socket.h>
+`,
+    replace: `#include <sys/socket.h>
+#include <dlfcn.h>
+`,
+  },
+  {
     why: 'send inside the call',
     find: `        bool empty_queue = write_queue.empty() && completed_queue.empty();`,
     replace: `        // Pending completions keep their order (they are queued behind), so they are no reason to wait.
@@ -317,6 +349,10 @@ function main(): void {
         target_name: 'ctmigrate_netlink',
         sources: ['src/binding.cc'],
         include_dirs: [addonApi],
+        // A method that fails while the thread is torn down cannot throw into
+        // JavaScript any more; node-addon-api then drops the error instead of
+        // std::terminate (fix 8).
+        defines: ['NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS'],
         'cflags!': ['-fno-exceptions'],
         'cflags_cc!': ['-fno-exceptions'],
       },
