@@ -44,13 +44,26 @@ function dataBytes(m: DataMessage): number {
 }
 
 /**
+ * What a received message costs while it waits untaken: its data, plus a
+ * charge for the object itself. Control frames (WhoHas, Hello, Error, ...)
+ * are small on the wire but not in memory, and a peer may send millions.
+ */
+const MESSAGE_OVERHEAD_BYTES = 512;
+
+function queuedCost(m: PeerMessage): number {
+  return (isDataMessage(m) ? dataBytes(m) : 0) + MESSAGE_OVERHEAD_BYTES;
+}
+
+/**
  * A PeerConnection over an authenticated TLS socket: framing with the size
  * limit, the Hello exchange, order checks, and flow control in both
  * directions. Sending: send() resolves only when the socket has room
  * ('drain') and the unacknowledged data fits the window. Receiving: data is
  * acknowledged as the application takes it, and the socket is paused while
- * more than a window's worth waits untaken, so a peer that ignores the
- * window still cannot fill our memory.
+ * more than a window's worth waits untaken (every kind of frame counts, not
+ * only data), so a peer that ignores the window, or floods us with control
+ * frames nobody reads, still cannot fill our memory. A failed connection
+ * drops what waited untaken.
  */
 export class TlsPeerConnection implements PeerConnection {
   readonly remote: PeerAddress;
@@ -286,14 +299,11 @@ export class TlsPeerConnection implements PeerConnection {
       return;
     }
     this.order.check(m);
-    if (isDataMessage(m)) {
-      const n = dataBytes(m);
-      this.stats.dataBytesReceived += n;
-      this.queuedBytes += n;
-      if (!this.paused && this.queuedBytes > this.tuning.windowBytes) {
-        this.paused = true;
-        this.socket.pause();
-      }
+    if (isDataMessage(m)) this.stats.dataBytesReceived += dataBytes(m);
+    this.queuedBytes += queuedCost(m);
+    if (!this.paused && this.queuedBytes > this.tuning.windowBytes) {
+      this.paused = true;
+      this.socket.pause();
     }
     const w = this.waiters.shift();
     if (w !== undefined) {
@@ -307,17 +317,26 @@ export class TlsPeerConnection implements PeerConnection {
 
   /** The application has taken `m`: account for it, acknowledge, let the socket flow again. */
   private taken(m: PeerMessage): void {
+    this.queuedBytes -= queuedCost(m);
+    this.resumeIfRoom();
     if (!isDataMessage(m)) return;
     const n = dataBytes(m);
-    this.queuedBytes -= n;
     this.consumedBytes += n;
     if (m.kind === MessageKind.Changes || m.kind === MessageKind.Final) this.receivedVersion = Math.max(this.receivedVersion, m.to);
     // Ack a quarter window at a time, and the final delta at once: the sender is waiting for it.
     if (m.kind === MessageKind.Final || this.consumedBytes - this.ackedSentAt >= this.tuning.windowBytes / 4) this.sendAck();
-    if (this.paused && this.queuedBytes <= this.tuning.windowBytes / 2) {
+  }
+
+  private resumeIfRoom(): void {
+    if (this.paused && this.queuedBytes <= this.tuning.windowBytes / 2 && this.error === null) {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /** Untaken messages waiting in the inbox (tests and status). */
+  get waiting(): number {
+    return this.inbox.length;
   }
 
   private onEnd(): void {
@@ -374,6 +393,11 @@ export class TlsPeerConnection implements PeerConnection {
   }
 
   private failWaiters(): void {
+    if (this.error !== null) {
+      // Nobody will take them now: a failed connection frees what it held.
+      this.inbox.length = 0;
+      this.queuedBytes = 0;
+    }
     if (this.hello === null) this.rejectReady(this.endError());
     this.wake('drain');
     this.wake('window');

@@ -10,12 +10,15 @@ import { ConnectionTuning, TlsPeerConnection } from './tls-peer-connection';
 export interface HandshakeLimits {
   /** Time from TCP accept to a verified Hello; idle or slow sockets are dropped after it. */
   handshakeTimeoutMs: number;
-  /** Most sockets in the handshake at once; a new one evicts the oldest, so a flood of idle sockets cannot lock peers out. */
+  /** Most sockets in the handshake at once; a new one then evicts the oldest of the busiest source. */
   maxPendingHandshakes: number;
+  /** Most sockets in the handshake from one source address; a new one evicts that source's oldest. */
+  maxPendingPerSource: number;
 }
 
 interface Pending {
   raw: Socket;
+  source: string;
   timer: NodeJS.Timeout;
   /** The TLS handshake succeeded; only the Hello is missing. */
   tlsPassed: boolean;
@@ -24,7 +27,12 @@ interface Pending {
 /**
  * Accepts peers. This class owns the TCP listener and every socket that has
  * not yet proven it belongs to the cluster: it times each one out, evicts
- * the oldest when too many wait, and counts refusals. Each accepted socket
+ * when too many wait, and counts refusals. Eviction is per source address:
+ * a new socket evicts the oldest of its own source once that source holds
+ * its share, and otherwise, when the listener is full, the oldest of the
+ * source that holds the most. A flood from one address (a VM on a bridge the
+ * listener faces, say) therefore only ever churns its own slots, and a real
+ * peer's handshake from another address is never the one pushed out. Each accepted socket
  * is handed to a tls.Server that never listens itself (emit('connection')),
  * so Node's own certificate checks (requestCert + rejectUnauthorized) apply.
  * tls.Server alone leaves a socket that hit its handshake timeout open when
@@ -48,6 +56,8 @@ export class TlsPeerListener implements PeerListener {
   };
   /** Keyed by the remote "address:port", which a TLS socket and its TCP socket share. */
   private readonly pending = new Map<string, Pending>();
+  /** Pending handshakes by source address, oldest first (Set keeps insertion order). */
+  private readonly bySource = new Map<string, Set<string>>();
   private readonly active = new Set<TlsPeerConnection>();
   private readonly tlsServer: TlsServer;
   private readonly server: Server;
@@ -100,20 +110,19 @@ export class TlsPeerListener implements PeerListener {
   private accept(raw: Socket): void {
     this.stats.connections++;
     raw.on('error', () => undefined);
-    const key = `${raw.remoteAddress}:${raw.remotePort}`;
-    if (this.pending.size >= this.limits.maxPendingHandshakes) {
-      // Oldest first: it has had the longest chance to authenticate.
-      const [oldestKey, oldest] = this.pending.entries().next().value as [string, Pending];
-      this.drop(oldestKey);
-      this.stats.evicted++;
-      oldest.raw.destroy();
-    }
+    const source = raw.remoteAddress ?? '?';
+    const key = `${source}:${raw.remotePort}`;
+    const own = this.bySource.get(source);
+    if (own !== undefined && own.size >= this.limits.maxPendingPerSource) this.evict(own);
+    else if (this.pending.size >= this.limits.maxPendingHandshakes) this.evict(this.busiestSource());
     const timer = setTimeout(() => {
       this.stats.timedOut++;
       this.drop(key);
       raw.destroy();
     }, this.limits.handshakeTimeoutMs);
-    this.pending.set(key, { raw, timer, tlsPassed: false });
+    this.pending.set(key, { raw, source, timer, tlsPassed: false });
+    if (own !== undefined) own.add(key);
+    else this.bySource.set(source, new Set([key]));
     this.stats.pending = this.pending.size;
     raw.once('close', () => {
       const p = this.pending.get(key);
@@ -151,11 +160,29 @@ export class TlsPeerListener implements PeerListener {
     );
   }
 
+  /** Drops the oldest pending socket of one source: it has had the longest chance to authenticate. */
+  private evict(keys: Set<string>): void {
+    const oldestKey = keys.values().next().value as string;
+    const oldest = this.pending.get(oldestKey);
+    this.drop(oldestKey);
+    this.stats.evicted++;
+    oldest?.raw.destroy();
+  }
+
+  private busiestSource(): Set<string> {
+    let busiest: Set<string> | undefined;
+    for (const keys of this.bySource.values()) if (busiest === undefined || keys.size > busiest.size) busiest = keys;
+    return busiest as Set<string>;
+  }
+
   private drop(key: string): void {
     const p = this.pending.get(key);
     if (p === undefined) return;
     clearTimeout(p.timer);
     this.pending.delete(key);
+    const keys = this.bySource.get(p.source);
+    keys?.delete(key);
+    if (keys?.size === 0) this.bySource.delete(p.source);
     this.stats.pending = this.pending.size;
   }
 }

@@ -11,6 +11,7 @@ import { PeerChannelError } from '../../adapters/peer/peer-errors';
 import { PeerRelay } from '../../adapters/peer/relay';
 import { findSource, SourceNotFoundError } from '../../adapters/peer/source-finder';
 import { clientTlsOptions, loadCredentials, PeerCredentials } from '../../adapters/peer/tls-credentials';
+import { TlsPeerConnection } from '../../adapters/peer/tls-peer-connection';
 import { TlsPeerPort, TlsPeerPortOptions } from '../../adapters/peer/tls-peer-port';
 import {
   CloseReason,
@@ -233,25 +234,69 @@ describe('peer channel (TLS on loopback)', function () {
       assert.equal(listener.stats.protocolErrors, 1);
     });
 
-    it('keeps accepting good peers while 300 idle sockets hold connections open', async () => {
-      const { listener } = await listen(port({ maxPendingHandshakes: 64, handshakeTimeoutMs: 20_000 }), whoHasResponder(true));
+    async function idleFlood(count: number, localAddress: string): Promise<Socket[]> {
       const idle: Socket[] = [];
-      for (let i = 0; i < 300; i++) {
-        const s = tcpConnect(listener.address.port, '127.0.0.1');
+      for (let i = 0; i < count; i++) {
+        const s = tcpConnect({ port: listenerPort, host: '127.0.0.1', localAddress });
         s.on('error', () => undefined);
         idle.push(s);
         opened.sockets.push(s);
       }
       await Promise.all(idle.map((s) => new Promise<void>((r) => (s.readyState === 'open' ? r() : s.once('connect', () => r())))));
+      return idle;
+    }
+    let listenerPort = 0;
+
+    it('keeps accepting good peers while 300 idle sockets hold connections open', async () => {
+      const { listener } = await listen(port({ maxPendingHandshakes: 64, handshakeTimeoutMs: 20_000 }), whoHasResponder(true));
+      listenerPort = listener.address.port;
+      await idleFlood(300, '127.0.0.1');
       await waitFor('all accepted', () => listener.stats.connections === 300);
-      assert.ok(listener.stats.pending <= 64, `pending ${listener.stats.pending}`);
+      assert.ok(listener.stats.pending <= 16, `one source holds at most its share: pending ${listener.stats.pending}`);
       const t0 = Date.now();
       const c = await dial(port({ hostId: 'good' }), listener.address);
       await c.send({ kind: MessageKind.WhoHas, queryId: 1, vm: VM });
       assert.equal((await c.receive(5000)).kind, MessageKind.HasVm);
       assert.ok(Date.now() - t0 < 3000, `good peer took ${Date.now() - t0} ms`);
-      assert.ok(listener.stats.evicted >= 236, `evicted ${listener.stats.evicted}`);
+      assert.ok(listener.stats.evicted >= 284, `evicted ${listener.stats.evicted}`);
       assert.equal(listener.stats.framesReceived > 0, true);
+    });
+
+    it('never evicts a pending handshake of one source for a flood from another', async () => {
+      const { listener } = await listen(port({ maxPendingHandshakes: 8, maxPendingPerSource: 6, handshakeTimeoutMs: 20_000 }));
+      listenerPort = listener.address.port;
+      // Two quiet sockets from 127.0.0.3 stand for peers mid-handshake on a slow link.
+      const quiet = await idleFlood(2, '127.0.0.3');
+      await idleFlood(200, '127.0.0.2');
+      await waitFor('all accepted', () => listener.stats.connections === 202);
+      assert.equal(listener.stats.pending, 8);
+      assert.ok(quiet.every((s) => !s.destroyed && s.readyState === 'open'), 'the other source keeps its slots');
+      assert.equal(listener.stats.evicted, 194);
+    });
+
+    it('stops reading a peer that floods control frames nobody takes, and frees them when it fails', async () => {
+      const windowBytes = MiB;
+      const { seen, listener } = await listen(port({ windowBytes }));
+      const c = await dial(port({ hostId: 'flood', windowBytes }), listener.address);
+      await c.send({ kind: MessageKind.Start, sessionId: 's', vm: VM, addresses: ['192.0.2.10'] });
+      // 40 MiB of WhoHas frames: the same flood that once took a daemon from 123 MB to 836 MB.
+      const frames = (40 * MiB) / 26;
+      let written = 0;
+      void (async () => {
+        for (let i = 0; i < frames; i++) {
+          await c.send({ kind: MessageKind.WhoHas, queryId: i, vm: VM });
+          written++;
+        }
+      })().catch(() => undefined);
+      await waitFor('listener side accepted', () => seen.length === 1);
+      const conn = seen[0] as TlsPeerConnection;
+      await new Promise((r) => setTimeout(r, 1500));
+      // A window's worth at 512 bytes a message, plus the frames of the chunk being read when it paused.
+      assert.ok(conn.waiting <= windowBytes / 512 + 4096, `${conn.waiting} messages waiting untaken`);
+      assert.ok(written < frames, `the flood was held back (${written} of ${frames} written)`);
+      conn.destroy(new Error('test: flood'));
+      await conn.closed;
+      assert.equal(conn.waiting, 0);
     });
 
     it('closes sockets that do not finish the handshake in time', async () => {
