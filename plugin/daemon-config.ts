@@ -20,6 +20,12 @@ export interface DaemonConfig {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  /**
+   * With certificates: the peer identities (a DNS name or IP address among a
+   * certificate's subjectAltNames) accepted from dialling peers, on top of
+   * the configured peers' addresses.
+   */
+  tlsAllow: string[];
   runDir: string;
   readyWhen: Readiness;
   /** How long the destination may block a VM's traffic waiting for its state. */
@@ -41,6 +47,7 @@ export function defaultConfig(): DaemonConfig {
   return {
     listen: { host: '0.0.0.0', port: DEFAULT_PORT },
     peers: [],
+    tlsAllow: [],
     runDir: '/run/ctmigrate',
     readyWhen: { kind: 'complete' },
     blockTimeoutMs: 30_000,
@@ -87,6 +94,7 @@ export const CONFIG_KEYS = [
   'tls-cert',
   'tls-key',
   'tls-ca',
+  'tls-allow',
   'run-dir',
   'ready-when',
   'block-timeout',
@@ -119,6 +127,10 @@ export function applySetting(c: DaemonConfig, key: string, value: string, where:
       break;
     case 'tls-ca':
       c.tlsCa = value || bad('needs a file name');
+      break;
+    case 'tls-allow':
+      if (!/^[A-Za-z0-9.:_-]+$/.test(value)) bad('must be a DNS name or an IP address, as in a certificate\'s subjectAltName');
+      c.tlsAllow.push(value);
       break;
     case 'run-dir':
       if (!value.startsWith('/')) bad('must be an absolute path');

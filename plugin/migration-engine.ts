@@ -8,6 +8,7 @@ import { Clock } from './ports/clock';
 import { ConnectionFeed } from './ports/connection-feed';
 import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
+import { PeerAuthorization } from './peer-authorization';
 import { formatPeerAddress, PeerAddress, PeerConnection, PeerListener, PeerPort } from './ports/peer-port';
 import { RegistryStore } from './ports/registry-store';
 import { HostVmsPort } from './ports/host-vms-port';
@@ -49,6 +50,7 @@ export class MigrationEngine implements MigrationService {
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
   private listener: PeerListener | null = null;
+  private authorization: PeerAuthorization | null = null;
 
   constructor(
     @inject(DaemonConfigToken) private readonly config: DaemonConfig,
@@ -107,6 +109,9 @@ export class MigrationEngine implements MigrationService {
   async start(): Promise<PeerAddress> {
     // Writers ready (and warmed up) before the first incoming migration, not during it.
     this.conntrack.prepareWrites?.();
+    this.authorization = new PeerAuthorization(this.config.peers);
+    if (!this.authorization.restricted)
+      this.log.warn('no peers configured: any host with the cluster key may start a session for a VM registered here (name the hosts this one migrates with: peer = ADDR:PORT)');
     this.listener = await this.peers.listen(this.config.listen, (conn) => void this.incoming(conn));
     this.log.info('listening for peers', { address: formatPeerAddress(this.listener.address) });
     return this.listener.address;
@@ -357,6 +362,8 @@ export class MigrationEngine implements MigrationService {
       return;
     }
     try {
+      const authorization = this.authorization ?? new PeerAuthorization(this.config.peers);
+      if (!authorization.allows(conn.remote.host)) return await this.refuse(conn, PeerErrorCode.Refused, authorization.refusal(conn.remote));
       if (first.kind === MessageKind.WhoHas) {
         // A finished (migrated, failed) source session is history: the VM runs elsewhere or not at all.
         const s = this.sources.get(first.vm);

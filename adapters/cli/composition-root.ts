@@ -5,7 +5,7 @@ import { ConntrackNetlink } from '../conntrack/conntrack-netlink';
 import { NetlinkFeed } from '../conntrack/netlink-feed';
 import { DbusManagerClient } from '../dbus/dbus-manager-client';
 import { NftablesBlocker } from '../nftables/nftables-blocker';
-import { loadCredentials } from '../peer/tls-credentials';
+import { CredentialError, loadCredentials } from '../peer/tls-credentials';
 import { TlsPeerPort } from '../peer/tls-peer-port';
 import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
 import { FileRegistryStore } from '../registry/file-registry-store';
@@ -71,7 +71,12 @@ export function buildDaemonContainer(
   const given = Object.values(files).some((f) => f !== undefined);
   try {
     const credentials = loadCredentials(files);
-    const port = new TlsPeerPort({ credentials, hostId: hostname() });
+    const allowedIdentities = [...config.tlsAllow, ...config.peers.map((p) => p.host)];
+    if (credentials.kind === 'certificate' && allowedIdentities.length === 0)
+      throw new CredentialError(
+        'mutual TLS needs to know which peers to let in, not any certificate the CA signed: give --peer ADDR:PORT for each host this one migrates with, or --tls-allow NAME for their certificate names',
+      );
+    const port = new TlsPeerPort({ credentials, hostId: hostname(), allowedIdentities });
     c.register<PeerPort>(PeerPort, { useValue: metrics ? metrics.meterPeers(port) : port });
     peers = { enabled: true, why: '' };
   } catch (e) {

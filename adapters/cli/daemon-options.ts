@@ -12,7 +12,7 @@ import { parseOptions } from './parse-options';
 import { UsageError } from './usage-error';
 
 export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:PORT] [--peer ADDR:PORT]...
-                  [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F]
+                  [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F [--tls-allow NAME]...]
                   [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
                   [--block-timeout SECONDS] [--on-block-timeout open|block]
                   [--table-capacity N] [--metrics ADDR:PORT]
@@ -33,6 +33,11 @@ Options (flags override the config file, which overrides the defaults):
       --tls-cert FILE        mutual TLS instead of a key: this host's certificate,
       --tls-key FILE         its key and the CA (default: libvirt's PKI files
       --tls-ca FILE          under /etc/pki when they exist)
+      --tls-allow NAME       with certificates: a peer identity accepted (a DNS name or
+                             IP address among the certificate's subjectAltNames;
+                             repeatable). The configured peers' addresses are always
+                             accepted; a certificate naming neither is refused, even
+                             one the CA signed
       --run-dir DIR          per-VM buses and state (default /run/ctmigrate)
       --ready-when POLICY    when the destination lifts the drop: complete (default),
                              precopy, fraction:F, tcp-established
@@ -57,6 +62,7 @@ export function daemonConfig(args: string[]): DaemonConfig {
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-ca': { type: 'string' },
+    'tls-allow': { type: 'string', multiple: true },
     'run-dir': { type: 'string' },
     'ready-when': { type: 'string' },
     'block-timeout': { type: 'string' },
@@ -79,6 +85,7 @@ export function daemonConfig(args: string[]): DaemonConfig {
     }
     // Peers given on the command line replace the file's list.
     if (values.peer) c.peers = [];
+    if (values['tls-allow']) c.tlsAllow = [];
     for (const [key, value] of Object.entries(values)) {
       if (key === 'config' || value === undefined) continue;
       for (const v of Array.isArray(value) ? value : [value]) applySetting(c, key, String(v), `--${key}`);

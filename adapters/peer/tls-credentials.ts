@@ -118,6 +118,21 @@ export function serverTlsOptions(c: PeerCredentials): TlsOptions {
   };
 }
 
+/**
+ * The identities a certificate names: its subjectAltName DNS names and IP
+ * addresses (Node gives them as "DNS:a, IP Address:192.0.2.1"). The CN is
+ * not an identity: RFC 6125 and libvirt's own checks look at SANs.
+ */
+export function certificateIdentities(subjectaltname: string | undefined): string[] {
+  if (!subjectaltname) return [];
+  const out: string[] = [];
+  for (const part of subjectaltname.split(/,\s*/)) {
+    const m = /^(DNS|IP Address):(.+)$/.exec(part.trim());
+    if (m) out.push(m[1] === 'DNS' ? m[2].toLowerCase() : m[2]);
+  }
+  return out;
+}
+
 /** TLS options for the dialling side. */
 export function clientTlsOptions(c: PeerCredentials): ConnectionOptions {
   if (c.kind === 'psk')

@@ -3,7 +3,7 @@ import { createServer as createTlsServer, Server as TlsServer, TLSSocket } from 
 import { PeerRole } from '../../plugin/peer-protocol';
 import { PeerAddress, PeerConnection, PeerListener, PeerListenerStats } from '../../plugin/ports/peer-port';
 import { PeerChannelError } from './peer-errors';
-import { PeerCredentials, serverTlsOptions } from './tls-credentials';
+import { certificateIdentities, PeerCredentials, serverTlsOptions } from './tls-credentials';
 import { ConnectionTuning, TlsPeerConnection } from './tls-peer-connection';
 
 /** Limits on sockets that have not proven they belong to the cluster. */
@@ -62,13 +62,17 @@ export class TlsPeerListener implements PeerListener {
   private readonly tlsServer: TlsServer;
   private readonly server: Server;
   private bound: PeerAddress = { host: '', port: 0 };
+  /** With certificates: the identities (SANs) let in. Null with a pre-shared key, where the key is the identity. */
+  private readonly allowed: Set<string> | null;
 
   constructor(
     credentials: PeerCredentials,
     private readonly tuning: ConnectionTuning,
     private readonly limits: HandshakeLimits,
     private readonly onConnection: (c: PeerConnection) => void,
+    allowedIdentities: readonly string[] = [],
   ) {
+    this.allowed = credentials.kind === 'certificate' ? new Set(allowedIdentities.map(normalIdentity)) : null;
     // Node's own handshake timer stays behind ours; ours is the one that counts and closes.
     this.tlsServer = createTlsServer({ ...serverTlsOptions(credentials), handshakeTimeout: limits.handshakeTimeoutMs + 1000 });
     this.tlsServer.on('tlsClientError', (_err, tls) => tls.destroy());
@@ -138,6 +142,12 @@ export class TlsPeerListener implements PeerListener {
     const key = `${tls.remoteAddress}:${tls.remotePort}`;
     const p = this.pending.get(key);
     if (p === undefined) return void tls.destroy();
+    if (this.allowed !== null && !this.identityAllowed(tls)) {
+      // Signed by the CA, but not a host this one migrates with (libvirt's client certificates share that CA).
+      this.stats.refused++;
+      this.drop(key);
+      return void tls.destroy();
+    }
     p.tlsPassed = true;
     const c = new TlsPeerConnection(tls, { host: tls.remoteAddress ?? '?', port: tls.remotePort ?? 0 }, PeerRole.Listener, {
       ...this.tuning,
@@ -175,6 +185,11 @@ export class TlsPeerListener implements PeerListener {
     return busiest as Set<string>;
   }
 
+  private identityAllowed(tls: TLSSocket): boolean {
+    const names = certificateIdentities(tls.getPeerCertificate().subjectaltname);
+    return names.some((n) => this.allowed?.has(normalIdentity(n)));
+  }
+
   private drop(key: string): void {
     const p = this.pending.get(key);
     if (p === undefined) return;
@@ -185,4 +200,10 @@ export class TlsPeerListener implements PeerListener {
     if (keys?.size === 0) this.bySource.delete(p.source);
     this.stats.pending = this.pending.size;
   }
+}
+
+/** DNS names compare case-blind; IP addresses in one spelling (IPv6 lower case, no IPv4-mapped prefix). */
+function normalIdentity(name: string): string {
+  const n = name.toLowerCase();
+  return n.startsWith('::ffff:') && n.includes('.') ? n.slice(7) : n;
 }

@@ -23,6 +23,12 @@ export interface TlsPeerPortOptions {
   maxPendingHandshakes?: number;
   /** Sockets in the handshake from one source address before its oldest is evicted (default 16: a relay carries many peers from one address). */
   maxPendingPerSource?: number;
+  /**
+   * With certificates: the identities (subjectAltName DNS names or IP
+   * addresses) accepted from dialling peers. A certificate the CA signed
+   * that names none of them is refused.
+   */
+  allowedIdentities?: readonly string[];
   /** Dialling: TCP + TLS + Hello (default 10 s) unless the call gives one. */
   connectTimeoutMs?: number;
 }
@@ -51,6 +57,7 @@ export class TlsPeerPort implements PeerPort {
       this.tuning(handshakeTimeoutMs),
       { handshakeTimeoutMs, maxPendingHandshakes: this.options.maxPendingHandshakes ?? 64, maxPendingPerSource: this.options.maxPendingPerSource ?? 16 },
       onConnection,
+      this.options.allowedIdentities ?? [],
     ).start(address);
   }
 

@@ -170,17 +170,20 @@ describe('peer channel (TLS on loopback)', function () {
       assert.equal(seen.length, 0);
     });
 
-    it('authenticates with mutual certificates and refuses a certificate from another CA', async function () {
+    it('authenticates with mutual certificates and refuses a certificate from another CA, and one the CA signed that names no allowed peer', async function () {
       const pki = makePki(join(dir, 'pki'));
       if (pki === null) this.skip();
       const certPort = (cert: string, key: string, ca = pki.ca): TlsPeerPort =>
-        new TlsPeerPort({ credentials: loadCredentials({ tlsCert: cert, tlsKey: key, tlsCa: ca }), hostId: 'cert-host' });
+        new TlsPeerPort({ credentials: loadCredentials({ tlsCert: cert, tlsKey: key, tlsCa: ca }), hostId: 'cert-host', allowedIdentities: ['host-b.example'] });
       const { listener, seen } = await listen(certPort(pki.server.cert, pki.server.key));
       const c = await dial(certPort(pki.client.cert, pki.client.key), listener.address);
       assert.equal(c.peer.hostId, 'cert-host');
       await waitFor('accept', () => seen.length === 1);
       await assert.rejects(dial(certPort(pki.rogue.cert, pki.rogue.key), listener.address), PeerChannelError);
       await waitFor('refusal', () => listener.stats.refused === 1);
+      // The CA signed it, but it names no allowed peer: refused after the handshake, before any frame.
+      await assert.rejects(dial(certPort(pki.stranger.cert, pki.stranger.key), listener.address), PeerChannelError);
+      await waitFor('refusal', () => listener.stats.refused === 2);
       assert.equal(listener.stats.authenticated, 1);
       assert.equal(seen.length, 1);
     });
@@ -520,6 +523,7 @@ interface Pki {
   ca: string;
   server: { cert: string; key: string };
   client: { cert: string; key: string };
+  stranger: { cert: string; key: string };
   rogue: { cert: string; key: string };
 }
 
@@ -533,19 +537,21 @@ function makePki(at: string): Pki | null {
     const ca = (name: string): void => {
       run('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.pem`);
     };
-    const leaf = (name: string, caName: string): void => {
-      writeFileSync(join(at, `${name}.ext`), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n');
+    const leaf = (name: string, caName: string, san = 'IP:127.0.0.1'): void => {
+      writeFileSync(join(at, `${name}.ext`), `subjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\n`);
       run('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`);
       run('x509', '-req', '-in', `${name}.csr`, '-CA', `${caName}.pem`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-days', '1', '-extfile', `${name}.ext`, '-out', `${name}.pem`);
     };
     ca('ca');
     ca('rogue-ca');
     leaf('server', 'ca');
-    leaf('client', 'ca');
+    leaf('client', 'ca', 'DNS:Host-B.example,IP:127.0.0.1');
+    // Signed by the cluster's CA, as libvirt's own client certificates are, but not a peer.
+    leaf('stranger', 'ca', 'DNS:stranger.example');
     leaf('rogue', 'rogue-ca');
   } catch {
     return null;
   }
   const pair = (n: string) => ({ cert: join(at, `${n}.pem`), key: join(at, `${n}.key`) });
-  return { ca: join(at, 'ca.pem'), server: pair('server'), client: pair('client'), rogue: pair('rogue') };
+  return { ca: join(at, 'ca.pem'), server: pair('server'), client: pair('client'), stranger: pair('stranger'), rogue: pair('rogue') };
 }
