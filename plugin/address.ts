@@ -84,3 +84,13 @@ export function formatAddress(bytes: Uint8Array, off: number, len: number): stri
   if (bestAt < 0) return hex(g);
   return `${hex(g.slice(0, bestAt))}::${hex(g.slice(bestAt + bestLen))}`;
 }
+
+/** One spelling per address (IPv6 compressed, lower case), or the text as given when it is not an address. */
+export function canonicalAddressText(text: string): string {
+  try {
+    const a = parseAddress(text);
+    return formatAddress(a.bytes, 0, a.bytes.length);
+  } catch {
+    return text;
+  }
+}

@@ -11,6 +11,7 @@ import { Log } from './ports/log-port';
 import { PeerAuthorization } from './peer-authorization';
 import { formatPeerAddress, PeerAddress, PeerConnection, PeerListener, PeerPort } from './ports/peer-port';
 import { RegistryStore } from './ports/registry-store';
+import { HostAddressesPort } from './ports/host-addresses-port';
 import { HostVmsPort } from './ports/host-vms-port';
 import { JournalStore } from './ports/journal-store';
 import { recoverAfterCrash, RecoveryReport } from './crash-recovery';
@@ -19,7 +20,8 @@ import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
 import { SourceMigration } from './source-migration';
 import { VmTracker } from './vm-tracker';
-import { parseVmUuid, VmSpec } from './vm';
+import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
+import { canonicalAddressText } from './address';
 import { decodeReference, encodeReference } from './vmstate-reference';
 
 /** The daemon's configuration, as the composition root resolved it. */
@@ -64,7 +66,15 @@ export class MigrationEngine implements MigrationService {
     @inject(RegistryStore) private readonly registry: RegistryStore,
     @inject(JournalStore) private readonly journal: JournalStore,
     @inject(HostVmsPort) private readonly hostVms: HostVmsPort,
+    @inject(HostAddressesPort) private readonly hostAddresses: HostAddressesPort,
   ) {}
+
+  /** A VM named with one of this host's own addresses would take the host's flows for its own. */
+  private refuseHostAddress(vm: VmSpec): void {
+    const own = new Set(this.hostAddresses.addresses().map((a) => canonicalAddressText(a)));
+    for (const a of vmAddressTexts(vm))
+      if (own.has(canonicalAddressText(a))) throw new VmSpecError(`VM ${vm.uuid}: ${a} is an address of this host, never a VM's own address`);
+  }
 
   /**
    * Undo what a previous run left behind (call once at start, before any
@@ -164,6 +174,7 @@ export class MigrationEngine implements MigrationService {
   }
 
   async register(vm: VmSpec): Promise<RegisteredVm> {
+    this.refuseHostAddress(vm);
     const entry: RegisteredVm = { vm, vmstateArgs: this.vmstate.objectArgs(vm.uuid) };
     const helper = await this.vmstate.attach(vm.uuid, this.vmstateHandler(vm.uuid));
     entry.vmstateArgs = helper.objectArgs;
@@ -265,6 +276,7 @@ export class MigrationEngine implements MigrationService {
   // ---- destination -------------------------------------------------------
 
   async prepareIncoming(vm: VmSpec, options: PrepareOptions): Promise<SessionInfo> {
+    this.refuseHostAddress(vm);
     const live = this.activeSession(vm.uuid);
     if (live) throw new Error(`VM ${vm.uuid} already has a ${live.role} session in state ${live.state}`);
     const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;

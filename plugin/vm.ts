@@ -1,5 +1,6 @@
 import { Address, AddressError, formatAddress, parseAddress } from './address';
 import { FlowFilter } from './flow-filter';
+import { vmAddressProblem } from './vm-address';
 
 /** A VM as ctmigrate knows it: its UUID and what identifies its conntrack entries. */
 export interface VmSpec {
@@ -35,12 +36,16 @@ export function vmSpec(uuid: string, addresses: readonly string[], zone?: number
   if (addresses.length === 0) throw new VmSpecError(`VM ${uuid}: no addresses given; its entries cannot be told apart from the host's`);
   const parsed: Address[] = [];
   for (const a of addresses) {
+    let address: Address;
     try {
-      parsed.push(parseAddress(a));
+      address = parseAddress(a);
     } catch (e) {
       if (e instanceof AddressError) throw new VmSpecError(`VM ${uuid}: ${e.message}`);
       throw e;
     }
+    const problem = vmAddressProblem(address);
+    if (problem !== null) throw new VmSpecError(`VM ${uuid}: ${a} is ${problem}, never a VM's own address`);
+    parsed.push(address);
   }
   if (zone !== undefined && !(Number.isInteger(zone) && zone >= 0 && zone <= 65535)) throw new VmSpecError(`VM ${uuid}: zone ${zone} is not 0-65535`);
   return { uuid: parseVmUuid(uuid), addresses: parsed, zone, mark };

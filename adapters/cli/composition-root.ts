@@ -11,7 +11,9 @@ import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
 import { FileRegistryStore } from '../registry/file-registry-store';
 import { FileJournalStore } from '../registry/file-journal-store';
 import { LibvirtHostVms } from '../libvirt/libvirt-host-vms';
+import { HostAddressesPort } from '../../plugin/ports/host-addresses-port';
 import { HostVmsPort } from '../../plugin/ports/host-vms-port';
+import { InterfaceAddresses } from '../host/interface-addresses';
 import { JournalStore } from '../../plugin/ports/journal-store';
 import { DaemonMetrics } from '../metrics/daemon-metrics';
 import { DaemonConfig } from '../../plugin/daemon-config';
@@ -66,6 +68,7 @@ export function buildDaemonContainer(
   c.register<RegistryStore>(RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
   c.register<JournalStore>(JournalStore, { useValue: new FileJournalStore(config.runDir) });
   c.register<HostVmsPort>(HostVmsPort, { useValue: new LibvirtHostVms() });
+  c.register<HostAddressesPort>(HostAddressesPort, { useValue: new InterfaceAddresses() });
   let peers: PeerSetup;
   const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
   const given = Object.values(files).some((f) => f !== undefined);

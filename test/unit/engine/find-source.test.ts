@@ -70,7 +70,7 @@ describe('migration engine: the destination finds the source among its peers', (
     const d = await host('D', '192.0.2.40', [a.peerText]);
     await assert.rejects(d.engine.prepareIncoming(vm, {}), /none of the peers \(192\.0\.2\.10:7471\) runs VM/);
     await b.engine.register(vm);
-    const e = await host('E', '192.0.2.50', [a.peerText, b.peerText]);
+    const e = await host('E', '192.0.2.60', [a.peerText, b.peerText]);
     const info = await e.engine.prepareIncoming(vm, {});
     assert.equal(info.peer, b.peerText, 'the host that runs it now is the source');
   });

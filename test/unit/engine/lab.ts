@@ -1,6 +1,7 @@
 import 'reflect-metadata';
 import { RegistryStore } from '../../../plugin/ports/registry-store';
 import { JournalStore } from '../../../plugin/ports/journal-store';
+import { HostAddressesPort } from '../../../plugin/ports/host-addresses-port';
 import { HostVmsPort } from '../../../plugin/ports/host-vms-port';
 import { FakeHostVms, FakeJournal } from './fakes/fake-journal';
 import { FakeRegistry } from './fakes/fake-registry';
@@ -109,6 +110,8 @@ export async function startHost(
   const hostVms = new FakeHostVms();
   c.register(JournalStore, { useValue: journal });
   c.register(HostVmsPort, { useValue: hostVms });
+  // The host's own address, plus loopback, as getifaddrs lists them.
+  c.register(HostAddressesPort, { useValue: { addresses: () => [ip, '127.0.0.1', '::1'] } });
   const engine = c.resolve(MigrationEngine);
   const events: ServiceEvent[] = [];
   engine.subscribe((e) => events.push(e));
