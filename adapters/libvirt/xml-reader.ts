@@ -13,9 +13,19 @@ export interface XmlLimits {
   maxDepth: number;
   /** Most elements in one document. */
   maxElements: number;
+  /** Most namespace declarations in one document (each element's scope is a copy: this bounds the copying). */
+  maxNamespaces: number;
+  /**
+   * Wall-clock budget of one parse, checked as it goes: a synchronous parse
+   * cannot be cut short by a timer, so the reader watches the clock itself.
+   */
+  budgetMs: number;
 }
 
-export const DEFAULT_XML_LIMITS: XmlLimits = { maxLength: 4 * 1024 * 1024, maxDepth: 128, maxElements: 200_000 };
+export const DEFAULT_XML_LIMITS: XmlLimits = { maxLength: 4 * 1024 * 1024, maxDepth: 128, maxElements: 200_000, maxNamespaces: 1024, budgetMs: 1000 };
+
+/** Work between two looks at the clock (tags and attributes). */
+const CLOCK_EVERY = 256;
 
 /** The input is not XML we accept; nothing was done with it. One line, no input echoed. */
 export class XmlRefusedError extends Error {
@@ -117,11 +127,21 @@ class Reader {
   private readonly stack: XmlElement[] = [];
   private root: XmlElement | null = null;
   private elements = 0;
+  private namespaces = 0;
+  private steps = 0;
+  private readonly deadline: number;
 
   constructor(
     private readonly s: string,
     private readonly limits: XmlLimits,
-  ) {}
+  ) {
+    this.deadline = Date.now() + limits.budgetMs;
+  }
+
+  /** One unit of work; every CLOCK_EVERY of them, the budget is checked. */
+  private step(): void {
+    if (++this.steps % CLOCK_EVERY === 0 && Date.now() > this.deadline) this.fail(`parse over its budget of ${this.limits.budgetMs} ms`);
+  }
 
   document(): XmlDocument {
     const s = this.s;
@@ -220,8 +240,11 @@ class Reader {
     this.pos++;
     const name = this.name();
     const raw: { name: string; value: string; valueStart: number; valueEnd: number }[] = [];
+    // Names seen on this tag: a duplicate check that stays linear however many attributes there are.
+    const names = new Set<string>();
     let selfClosing = false;
     for (;;) {
+      this.step();
       const spaced = this.spaces();
       const c = this.s[this.pos];
       if (c === undefined) this.fail(`unterminated start tag <${name}>`, start);
@@ -248,15 +271,18 @@ class Reader {
       if (valueEnd < 0) this.fail(`unterminated value of attribute ${attrName}`);
       const value = this.s.slice(valueStart, valueEnd);
       if (value.includes('<')) this.fail(`'<' in the value of attribute ${attrName}`, valueStart);
-      if (raw.some((a) => a.name === attrName)) this.fail(`duplicate attribute ${attrName}`);
+      if (names.has(attrName)) this.fail(`duplicate attribute ${attrName}`);
+      names.add(attrName);
       raw.push({ name: attrName, value: decodeEntities(value, valueStart), valueStart, valueEnd });
       this.pos = valueEnd + 1;
     }
     const parent = this.stack[this.stack.length - 1] ?? null;
     const declared = new Map<string, string>();
     for (const a of raw) {
+      const declares = a.name === 'xmlns' || a.name.startsWith('xmlns:');
+      if (declares && ++this.namespaces > this.limits.maxNamespaces) this.fail(`more than ${this.limits.maxNamespaces} namespace declarations`, start);
       if (a.name === 'xmlns') declared.set('', a.value);
-      else if (a.name.startsWith('xmlns:')) {
+      else if (declares) {
         const p = a.name.slice(6);
         if (a.value === '') this.fail(`namespace prefix ${p} bound to an empty URI`, start);
         if (p === 'xmlns' || (p === 'xml') !== (a.value === XML_NAMESPACE)) this.fail(`reserved prefix or namespace misused by ${a.name}`, start);
@@ -307,6 +333,7 @@ class Reader {
   }
 
   private endTag(): void {
+    this.step();
     const at = this.pos;
     this.pos += 2;
     const name = this.name();

@@ -74,4 +74,26 @@ describe('xml reader', () => {
   it('refuses documents with too many elements', () => {
     refused(`<a>${'<b/>'.repeat(11)}</a>`, /more than 10 elements/, { ...DEFAULT_XML_LIMITS, maxElements: 10 });
   });
+
+  it('reads a tag with 100,000 attributes in one pass (the duplicate check is linear)', () => {
+    const attrs = Array.from({ length: 100_000 }, (_, i) => ` a${i}="v"`).join('');
+    const doc = parseXml(`<domain><metadata><m${attrs}/></metadata></domain>`);
+    assert.equal(doc.root.children[0].children[0].attributes.length, 100_000);
+  });
+
+  it('still finds a duplicate among many attributes', () => {
+    const attrs = Array.from({ length: 5000 }, (_, i) => ` a${i}="v"`).join('');
+    refused(`<domain${attrs} a17="w"/>`, /duplicate attribute a17/);
+  });
+
+  it('refuses a document whose namespace declarations would make every scope large', () => {
+    const decls = Array.from({ length: 1025 }, (_, i) => ` xmlns:p${i}="urn:x:${i}"`).join('');
+    refused(`<domain${decls}/>`, /more than 1024 namespace declarations/);
+  });
+
+  it('stops a parse that runs over its time budget while it runs, not after', () => {
+    // A budget already spent: the reader looks at the clock every 256 tags and attributes.
+    const doc = `<domain>${'<x a="1" b="2"/>'.repeat(2000)}</domain>`;
+    refused(doc, /parse over its budget of -1 ms at offset \d+/, { ...DEFAULT_XML_LIMITS, budgetMs: -1 });
+  });
 });
