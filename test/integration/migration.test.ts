@@ -192,6 +192,65 @@ describe('live migration through strict firewalls (real QEMU, namespaces)', func
       assert.equal(out.destination?.state, 'ready');
     });
 
+    it("carries only the VM's entries from a source kernel that holds crafted ones, and leaves B's own colliding flow alone", async () => {
+      const m = await lab();
+      const EST = ['--state', 'ESTABLISHED', '-u', 'SEEN_REPLY,ASSURED', '-t', '3600'];
+      const insert = (ns: typeof m.a.ns, args: string[]) => ns.execOk('conntrack', ['-I', ...args]);
+      // The VM's own flow: it is the original destination.
+      await insert(m.a.ns, ['-p', 'tcp', '-s', '203.0.113.100', '-d', ADDR.vm, '--sport', '41000', '--dport', '7000', ...EST]);
+      // Foreign: the VM only as the reply source, with no NAT that explains it (the finding's UDP flow).
+      await insert(m.a.ns, ['-p', 'udp', '-s', '198.51.100.66', '-d', '203.0.113.5', '--sport', '5555', '--dport', '3306', '-r', ADDR.vm, '-q', '198.51.100.66', '--reply-port-src', '3306', '--reply-port-dst', '5555', '-t', '60']);
+      // The VM's addresses, but a zone in one direction only: never the VM's (its zone is the same both ways).
+      await insert(m.a.ns, ['-p', 'tcp', '-s', ADDR.vm, '-d', '203.0.113.9', '--sport', '43000', '--dport', '443', ...EST, '--orig-zone', '7']);
+      // The VM's through SNAT (the VM is the SNAT address), with the same original tuple as a flow B holds itself.
+      const hostTuple = ['-p', 'tcp', '-s', '198.51.100.20', '-d', '203.0.113.30', '--sport', '50022', '--dport', '22'];
+      await insert(m.a.ns, [...hostTuple, ...EST, '--src-nat', `${ADDR.vm}:61000`]);
+      await insert(m.b.ns, [...hostTuple, ...EST]);
+      const hostFlow = async (): Promise<string[]> =>
+        (await m.b.ns.execOk('conntrack', ['-L', '-s', '198.51.100.20'])).stdout.split('\n').filter((l) => l.includes('sport=50022')).map((l) => l.replace(/^(\S+\s+\d+\s+)\d+\s+/, '$1').replace(/\s+(use|id)=\d+/g, ''));
+      const hostBefore = await hostFlow();
+      assert.equal(hostBefore.length, 1, hostBefore.join('\n'));
+
+      await m.register(m.a);
+      await m.prepareIncoming(['--source', `${ADDR.peerA}:${PEER_PORT}`]);
+      const s = await m.waitSession(m.b, (x) => (x.state === 'streaming' && x.committed + x.refused >= 4) || x.state === 'failed', 'snapshot imported');
+      assert.equal(s.state, 'streaming', s.error);
+      assert.equal(s.refused, 3, `refused ${s.refused}, committed ${s.committed}`);
+      const onB = await m.conntrack(m.b);
+      assert.equal(onB.length, 1, onB.join('\n'));
+      assert.match(onB[0] as string, /sport=41000 dport=7000/);
+      assert.deepEqual(await m.conntrack(m.b, '198.51.100.66'), [], 'the foreign flow never reached B');
+      assert.deepEqual(await hostFlow(), hostBefore, "B's own flow is untouched");
+      const log = m.b.daemon?.stderr ?? '';
+      assert.match(log, /refused 2 entries that do not belong to the VM: /);
+      assert.match(log, /refused 1 entries whose original tuple an entry that is not the VM's already holds; those entries are left alone/);
+
+      await m.ctlOk(m.b, ['abort', '--vm', VM_UUID]);
+      assert.deepEqual(await m.conntrack(m.b), [], 'abort removes what the session imported');
+      assert.deepEqual(await hostFlow(), hostBefore, "and nothing else: B's own flow is still there");
+    });
+
+    it('refuses every bad shape a crafted peer sends, in the snapshot and in a delta, and counts each', async () => {
+      const m = await lab();
+      const fake = m.lab.spawn(m.a.ns, process.execPath, [join(__dirname, 'lab', 'hostile-peer.js'), 'crafted-source', ADDR.peerA, '7601', m.pskFile]);
+      await fake.waitFor(/^ready 7601$/m);
+      await m.prepareIncoming(['--source', `${ADDR.peerA}:7601`, '--zone', '0']);
+      await fake.waitFor(/^offered 5\+5$/m);
+      const s = await m.waitSession(m.b, (x) => (x.state === 'streaming' && x.committed + x.refused >= 10) || x.state === 'failed', 'snapshot and delta imported');
+      assert.equal(s.state, 'streaming', s.error);
+      assert.equal(s.committed, 2, `committed ${s.committed}`);
+      assert.equal(s.refused, 8, `refused ${s.refused}`);
+      const onB = await m.conntrack(m.b);
+      assert.equal(onB.length, 2, onB.join('\n'));
+      assert.match(onB.join('\n'), /sport=41000 dport=443/);
+      assert.match(onB.join('\n'), /sport=42000 dport=443/);
+      assert.deepEqual(await m.conntrack(m.b, '198.51.100.66'), [], 'no foreign flow');
+      const log = m.b.daemon?.stderr ?? '';
+      assert.match(log, /refused \d+ entries that do not belong to the VM: /);
+      await m.ctlOk(m.b, ['abort', '--vm', VM_UUID]);
+      assert.deepEqual(await m.conntrack(m.b), []);
+    });
+
     it("imports only the VM's entry from a source that offers entries for foreign addresses", async () => {
       const m = await lab();
       const foreign = ['192.0.2.99', '198.51.100.77', '203.0.113.5'];

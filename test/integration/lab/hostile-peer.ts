@@ -14,6 +14,12 @@
 //       with an Offer and a snapshot holding one entry of the VM plus one
 //       entry for each FOREIGN address; prints "offered N", then holds the
 //       connection until stdin closes.
+//   crafted-source ADDR PORT KEYFILE
+//       like fake-source, but every entry names the VM's address somewhere:
+//       one entry that is the VM's, then each bad shape (the VM only in the
+//       reply tuple, zones per direction other than the VM's, a foreign
+//       master, an unknown helper), in the snapshot and again as a delta
+//       (Changes); prints "offered SNAPSHOT+DELTA".
 
 import { randomBytes } from 'node:crypto';
 import { connect as tcpConnect, Socket } from 'node:net';
@@ -166,6 +172,59 @@ async function fakeSource(addr: string, p: number, keyFile: string, foreign: str
   });
 }
 
+/** One JSON line of flow-json, as a source daemon's codec would carry it. */
+function flowLine(o: Record<string, unknown>): string {
+  return JSON.stringify({ family: 'ipv4', mark: 0, ...o });
+}
+
+/** The VM's own entry and the bad shapes, with source ports from `base` so a delta's entries are new ones. */
+function craftedLines(vmAddr: string, base: number): string[] {
+  const tcp = { proto: 'tcp', protonum: 6, state: 'ESTABLISHED', timeout: 600, status: ['SEEN_REPLY', 'ASSURED', 'CONFIRMED'] };
+  const mine = (sport: number) => ({ src: vmAddr, dst: '203.0.113.40', sport, dport: 443 });
+  const back = (sport: number) => ({ src: '203.0.113.40', dst: vmAddr, sport: 443, dport: sport });
+  return [
+    // The VM's own: accepted.
+    flowLine({ ...tcp, orig: mine(base), reply: back(base) }),
+    // The VM only as reply source, no NAT status: a foreign flow.
+    flowLine({ proto: 'udp', protonum: 17, timeout: 60, status: ['SEEN_REPLY', 'CONFIRMED'], orig: { src: '198.51.100.66', dst: '203.0.113.5', sport: base + 1, dport: 3306 }, reply: { src: vmAddr, dst: '198.51.100.66', sport: 3306, dport: base + 1 } }),
+    // Zone 7 in each direction (no entry zone) for a VM of zone 0.
+    flowLine({ ...tcp, orig: { ...mine(base + 2), zone: 7 }, reply: { ...back(base + 2), zone: 7 } }),
+    // A related entry of the VM whose master is someone else's flow.
+    flowLine({ ...tcp, status: ['SEEN_REPLY', 'ASSURED', 'CONFIRMED', 'EXPECTED'], orig: mine(base + 3), reply: back(base + 3), master: { family: 'ipv4', proto: 'tcp', protonum: 6, src: '198.51.100.90', dst: '203.0.113.91', sport: 40000, dport: 21 } }),
+    // A helper the kernel has no such name for.
+    flowLine({ ...tcp, orig: mine(base + 4), reply: back(base + 4), helper: 'evil' }),
+  ];
+}
+
+async function craftedSource(addr: string, p: number, keyFile: string): Promise<void> {
+  const peers = new TlsPeerPort({ credentials: loadCredentials({ pskFile: keyFile }), hostId: 'crafted-source' });
+  const conns: PeerConnection[] = [];
+  await peers.listen({ host: addr, port: p }, (conn) => {
+    conns.push(conn);
+    void (async () => {
+      const start = await conn.receive(10_000);
+      if (start.kind !== MessageKind.Start) return conn.destroy();
+      const vmAddr = start.addresses[0] as string;
+      const snapshot = craftedLines(vmAddr, 41000);
+      const delta = craftedLines(vmAddr, 42000);
+      // One table: the snapshot is versions 1..v0, the delta (v0, v1].
+      const { table } = await decodeJsonLines([...snapshot, ...delta].join('\n'), { maxEntries: 64 });
+      const v0 = snapshot.length;
+      const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: v0 });
+      await conn.send({ kind: MessageKind.Offer, sessionId: start.sessionId, vm: start.vm, addresses: start.addresses, zone: start.zone, mark: start.mark, snapshotVersion: v0, announcedEntries: snap.summary.entries, resumeFrom: null });
+      await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes: snap.bytes });
+      const changes = encodeTableToBuffer(table, { scan: Scan.Delta, from: v0, to: table.version });
+      await conn.send({ kind: MessageKind.Changes, from: v0, to: table.version, bytes: changes.bytes });
+      say(`offered ${snap.summary.entries}+${changes.summary.entries}`);
+    })().catch((e: Error) => say(`error ${e.message}`));
+  });
+  say(`ready ${p}`);
+  process.stdin.on('end', () => {
+    for (const c of conns) c.destroy();
+    process.exit(0);
+  });
+}
+
 async function main(argv: readonly string[]): Promise<void> {
   const [cmd, a, b, c, d] = argv;
   switch (cmd) {
@@ -188,6 +247,8 @@ async function main(argv: readonly string[]): Promise<void> {
       return idle(a ?? fail('HOST'), port(b), Number(c ?? fail('N')), Number(d ?? fail('HOLD_MS')));
     case 'fake-source':
       return fakeSource(a ?? fail('ADDR'), port(b), c ?? fail('KEYFILE'), argv.slice(4));
+    case 'crafted-source':
+      return craftedSource(a ?? fail('ADDR'), port(b), c ?? fail('KEYFILE'));
     default:
       fail(`unknown command "${cmd ?? ''}"`);
   }
@@ -196,7 +257,7 @@ async function main(argv: readonly string[]): Promise<void> {
 process.stdin.resume();
 main(process.argv.slice(2)).then(
   () => {
-    if (process.argv[2] !== 'fake-source') process.exit(0);
+    if (process.argv[2] !== 'fake-source' && process.argv[2] !== 'crafted-source') process.exit(0);
   },
   (e: Error) => fail(e.message),
 );
