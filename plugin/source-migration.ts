@@ -5,7 +5,7 @@ import { Clock } from './ports/clock';
 import { Feed } from './ports/connection-feed';
 import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
-import { PeerConnection } from './ports/peer-port';
+import { formatPeerAddress, PeerConnection } from './ports/peer-port';
 import { Session } from './session';
 import { DEFAULT_CHUNK_BYTES, encodeTable, encodeTableToBuffer } from './snapshot-encoder';
 import { VmSpec } from './vm';
@@ -58,6 +58,27 @@ export class SourceMigration {
         void this.end(`peer connection lost before cut-over: ${why}`);
       }
     });
+    void this.read();
+  }
+
+  /**
+   * Take what the destination sends: only its Close belongs in a session
+   * (acknowledgements never reach the inbox). Anything else breaks the
+   * protocol and ends the connection; it must not wait untaken either,
+   * or a peer could park a session here behind a paused socket.
+   */
+  private async read(): Promise<void> {
+    try {
+      for await (const m of this.conn) {
+        if (m.kind === MessageKind.Close) continue;
+        const text = `sent ${MessageKind[m.kind]} inside a session; connection closed`;
+        this.log.warn(`destination ${formatPeerAddress(this.conn.remote)} ${text}`, { vm: this.vm.uuid, session: this.session.id });
+        this.conn.destroy(new Error(`destination ${formatPeerAddress(this.conn.remote)} ${text}`));
+        return;
+      }
+    } catch {
+      // The connection failed: conn.closed reports it.
+    }
   }
 
   /**

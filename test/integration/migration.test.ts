@@ -230,6 +230,37 @@ describe('live migration through strict firewalls (real QEMU, namespaces)', func
       assert.deepEqual(await hostFlow(), hostBefore, "and nothing else: B's own flow is still there");
     });
 
+    it('lets only configured peers start a session, and a peer that floods frames after Start neither grows the daemon nor keeps the VM from migrating', async () => {
+      const m = await lab();
+      // A as an operator sets it up: B is the host it migrates with.
+      await m.a.daemon?.stop();
+      await m.startDaemon(m.a, ['--peer', `${ADDR.peerB}:${PEER_PORT}`]);
+      await m.register(m.a);
+      const target = [ADDR.peerA, String(PEER_PORT), m.pskFile, VM_UUID];
+      // A host on the same network with the cluster key, but not a configured peer.
+      await m.b.ns.execOk('ip', ['addr', 'add', '198.51.100.66/24', 'dev', 'peer']);
+      const hijack = await m.hostile(m.b, ['start-flood', ...target, '0', '198.51.100.66']);
+      assert.equal(hijack.closed, true, JSON.stringify(hijack));
+      assert.match(String(hijack.errorText), /peer 198\.51\.100\.66 is not a configured peer of this host \(configured: 198\.51\.100\.2:7471\)/);
+      assert.equal((await m.status(m.a)).sessions.length, 0, 'no session for the stranger');
+
+      const rss = async (): Promise<number> => {
+        const st = await m.a.ns.execOk('cat', [`/proc/${m.a.daemon?.pid}/status`]);
+        return Number(/VmRSS:\s+(\d+) kB/.exec(st.stdout)?.[1] ?? NaN) * 1024;
+      };
+      const before = await rss();
+      // 40 MiB of WhoHas after a Start from a configured peer: once took a daemon from 123 MB to 836 MB.
+      const flood = await m.hostile(m.b, ['start-flood', ...target, '40']);
+      const after = await rss();
+      assert.ok(after - before < 64 * 1024 * 1024, `RSS grew by ${Math.round((after - before) / 1048576)} MiB (${JSON.stringify(flood)})`);
+      assert.ok(m.a.daemon?.running, 'ctmigrated on A still runs');
+
+      const out = await m.migrate({ mode: 'vmstate', flows: 20 });
+      assert.equal(out.flows.kept, out.flows.flows, `broken: ${JSON.stringify(out.flows.reasons)}`);
+      assert.equal(out.destination?.state, 'ready');
+      assert.equal(out.source?.state, 'migrated');
+    });
+
     it('refuses every bad shape a crafted peer sends, in the snapshot and in a delta, and counts each', async () => {
       const m = await lab();
       const fake = m.lab.spawn(m.a.ns, process.execPath, [join(__dirname, 'lab', 'hostile-peer.js'), 'crafted-source', ADDR.peerA, '7601', m.pskFile]);

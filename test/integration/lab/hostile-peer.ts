@@ -14,6 +14,11 @@
 //       with an Offer and a snapshot holding one entry of the VM plus one
 //       entry for each FOREIGN address; prints "offered N", then holds the
 //       connection until stdin closes.
+//   start-flood HOST PORT KEYFILE VM MIB [LOCAL_ADDR]
+//       the right key, a Hello and a Start for VM (from LOCAL_ADDR when
+//       given), then MIB MiB of WhoHas frames as fast as the socket takes
+//       them; the result says whether the daemon answered with an Error
+//       (and its text) and how much it took
 //   crafted-source ADDR PORT KEYFILE
 //       like fake-source, but every entry names the VM's address somewhere:
 //       one entry that is the VM's, then each bad shape (the VM only in the
@@ -225,6 +230,41 @@ async function craftedSource(addr: string, p: number, keyFile: string): Promise<
   });
 }
 
+async function startFlood(host: string, p: number, keyFile: string, vm: string, mib: number, localAddress?: string): Promise<void> {
+  const creds = loadCredentials({ pskFile: keyFile });
+  const raw = tcpConnect({ port: p, host, ...(localAddress ? { localAddress } : {}) });
+  raw.on('error', () => undefined);
+  const socket = tlsConnect({ socket: raw, host, ...clientTlsOptions(creds) });
+  socket.on('error', () => undefined);
+  await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()).once('error', () => resolve()));
+  let errorText = '';
+  let got = Buffer.alloc(0);
+  socket.on('data', (d: Buffer) => {
+    got = Buffer.concat([got, d]);
+    // Frames: u32 length, u8 kind, payload. An Error frame is enough to know the verdict.
+    while (got.length >= 5 && got.length >= 5 + got.readUInt32BE(0)) {
+      const len = got.readUInt32BE(0);
+      if (got[4] === MessageKind.Error) errorText = got.subarray(5, 5 + len).toString('utf8').replace(/[^\x20-\x7e]/g, '');
+      got = got.subarray(5 + len);
+    }
+  });
+  let closed = false;
+  socket.once('close', () => (closed = true));
+  socket.write(hello());
+  socket.write(encodeFrameBytes({ kind: MessageKind.Start, sessionId: 'flood', vm, addresses: ['192.0.2.10'] }));
+  const frame = encodeFrameBytes({ kind: MessageKind.WhoHas, queryId: 1, vm });
+  const batch = Buffer.concat(Array.from({ length: Math.ceil(65536 / frame.length) }, () => frame));
+  let written = 0;
+  const deadline = Date.now() + 20_000;
+  while (written < mib * 1024 * 1024 && !closed && Date.now() < deadline) {
+    written += batch.length;
+    if (!socket.write(batch)) await new Promise<void>((r) => { const t = setTimeout(r, 250); socket.once('drain', () => { clearTimeout(t); r(); }); });
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  say(`result ${JSON.stringify({ closed, errorText, writtenMiB: Math.round(written / 1048576) })}`);
+  socket.destroy();
+}
+
 async function main(argv: readonly string[]): Promise<void> {
   const [cmd, a, b, c, d] = argv;
   switch (cmd) {
@@ -247,6 +287,8 @@ async function main(argv: readonly string[]): Promise<void> {
       return idle(a ?? fail('HOST'), port(b), Number(c ?? fail('N')), Number(d ?? fail('HOLD_MS')));
     case 'fake-source':
       return fakeSource(a ?? fail('ADDR'), port(b), c ?? fail('KEYFILE'), argv.slice(4));
+    case 'start-flood':
+      return startFlood(a ?? fail('HOST'), port(b), c ?? fail('KEYFILE'), d ?? fail('VM'), Number(argv[5] ?? fail('MIB')), argv[6]);
     case 'crafted-source':
       return craftedSource(a ?? fail('ADDR'), port(b), c ?? fail('KEYFILE'));
     default:
