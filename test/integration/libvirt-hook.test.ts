@@ -332,6 +332,24 @@ describe('libvirt hook, called as libvirt calls it, against two ctmigrated hosts
     assert.equal((await b.session())?.id, before?.id, 'no new session');
   });
 
+  it('refuses addresses a tenant must never name (loopback, this host\'s own) after reading 0.8 MB of attributes in one pass', async () => {
+    const before = await b.session();
+    // The finding's input: 0.79 MB of attributes in metadata once kept libvirt waiting 21 s.
+    const attrs = Array.from({ length: 40_000 }, (_, i) => `a${i}="v"`).join(' ');
+    const padded = (address: string): string =>
+      domainXml().replace('<metadata>', `<metadata>\n    <other:x xmlns:other="urn:example:other" ${attrs}/>`).replace(`<ctmigrate:address>${VM_ADDRESS}`, `<ctmigrate:address>${address}`);
+    const t0 = Date.now();
+    const loop = await b.hook('web1 migrate begin -', padded('127.0.0.1'), hook);
+    const tookMs = Date.now() - t0;
+    assert.equal(loop.code, 0, loop.stderr);
+    assert.match(loop.stderr, /127\.0\.0\.1 is a loopback address, never a VM's own address/);
+    assert.ok(tookMs < 8000, `within the hook's own deadline (took ${tookMs} ms)`);
+    const own = await b.hook('web1 migrate begin -', padded(B_ADDRESS), hook);
+    assert.equal(own.code, 0, own.stderr);
+    assert.match(own.stderr, /198\.51\.100\.2 is an address of this host, never a VM's own address/);
+    assert.equal((await b.session())?.id, before?.id, 'no new session');
+  });
+
   it('ctmigratectl check reports the daemon, key and peers as OK and libvirt as missing', async () => {
     const r = await b.ctl(['check', '--hook', hook, '--config', '/dev/null', '--psk-file', join(dir, 'psk'), '--peer', `${A_ADDRESS}:7471`]);
     assert.equal(r.code, 1, 'libvirt is not running here');
