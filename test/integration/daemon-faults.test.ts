@@ -116,6 +116,25 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     });
   }
 
+  it('serves metrics that promtool accepts, counting an aborted import and the time it kept the VM blocked', async () => {
+    await sourceReady();
+    await m.b.daemon?.stop();
+    const listen = `${ADDR.peerB}:9571`;
+    await m.startDaemon(m.b, ['--metrics', listen]);
+    await importing();
+    await m.ctlOk(m.b, ['abort', '--vm', VM_UUID]);
+    await assertBClean();
+    const got = await m.b.ns.execOk(process.execPath, ['-e', `fetch('http://${listen}/metrics').then(async (r) => { process.stdout.write(await r.text()); process.exitCode = r.ok ? 0 : 1; })`]);
+    const text = got.stdout;
+    const check = await m.b.ns.exec('promtool', ['check', 'metrics'], { input: text });
+    assert.equal(check.code, 0, `promtool check metrics:\n${check.stdout}${check.stderr}`);
+    assert.match(text, /^ctmigrate_migrations_total\{role="destination",result="aborted"\} 1$/m);
+    for (const family of ['entries_imported_total', 'vm_blocked_seconds', 'vmstate_load_duration_seconds', 'precopy_rate_entries_per_second', 'fail_open_total', 'feed_overruns_total', 'peers_refused_total'])
+      assert.match(text, new RegExp(`^# TYPE ctmigrate_${family} `, 'm'), `family ctmigrate_${family}`);
+    assert.match(text, /^ctmigrate_vm_blocked_seconds_count(\{[^}]*\})? 1$/m, 'the aborted import blocked the VM once');
+    await m.waitSession(m.a, (s) => s.state === 'failed', 'failed');
+  });
+
   it("prepare-incoming, then vmstate-args, then QEMU -incoming with that object: QEMU connects to the VM's helper", async () => {
     await sourceReady();
     await m.prepareIncoming();
