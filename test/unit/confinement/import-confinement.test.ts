@@ -227,7 +227,7 @@ describe('import confinement: random entries pass only when the rule says so', (
         const got = confine(vmx, entry(s, rec)) === Refusal.Accepted;
         return got === want;
       }),
-      { numRuns: 2000 },
+      { numRuns: Number(process.env.FUZZ_RUNS ?? 2000) },
     );
   });
 
