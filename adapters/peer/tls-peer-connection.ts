@@ -31,7 +31,14 @@ export interface ConnectionTuning {
   helloTimeoutMs: number;
   /** Called for every frame received (listener statistics). */
   onFrame?: () => void;
+  /** A frame goes out at least this often once Hellos are exchanged (an Ack when nothing else does; default 1 s). */
+  heartbeatMs?: number;
+  /** A peer that sends nothing for this long while we read is gone (default 5 s). */
+  silenceMs?: number;
 }
+
+export const DEFAULT_HEARTBEAT_MS = 1000;
+export const DEFAULT_SILENCE_MS = 5000;
 
 interface Waiter {
   resolve(m: PeerMessage): void;
@@ -64,6 +71,13 @@ function queuedCost(m: PeerMessage): number {
  * only data), so a peer that ignores the window, or floods us with control
  * frames nobody reads, still cannot fill our memory. A failed connection
  * drops what waited untaken.
+ *
+ * Liveness: a link that goes silent (packets dropped, no RST) is only seen by
+ * TCP after minutes of retransmits or keepalive probes. So each side sends a
+ * frame at least every heartbeatMs (an Ack repeating what it acknowledged
+ * when it has nothing else to say), and a connection that receives nothing
+ * for silenceMs while it reads fails with a timeout. While we hold the
+ * socket paused the silence is ours, and it is not counted.
  */
 export class TlsPeerConnection implements PeerConnection {
   readonly remote: PeerAddress;
@@ -97,6 +111,9 @@ export class TlsPeerConnection implements PeerConnection {
   private resolveReady!: (h: HelloMessage) => void;
   private rejectReady!: (e: Error) => void;
   private helloTimer: NodeJS.Timeout | null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private lastSentAt = 0;
+  private lastReceivedAt = 0;
 
   constructor(
     private readonly socket: TLSSocket,
@@ -116,6 +133,7 @@ export class TlsPeerConnection implements PeerConnection {
     this.closed = new Promise<PeerCloseInfo>((res) => {
       socket.once('close', () => {
         this.ended = true;
+        this.stopHeartbeat();
         this.failWaiters();
         res({ error: this.error, local: this.closedLocally });
       });
@@ -233,6 +251,7 @@ export class TlsPeerConnection implements PeerConnection {
     for (const p of parts) ok = this.socket.write(p);
     if (parts.length > 1) this.socket.uncork();
     this.stats.framesSent++;
+    this.lastSentAt = Date.now();
     return ok;
   }
 
@@ -259,10 +278,38 @@ export class TlsPeerConnection implements PeerConnection {
     for (const w of list) w();
   }
 
+  // --- liveness ----------------------------------------------------------
+
+  private startHeartbeat(): void {
+    const every = this.tuning.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+    const silence = this.tuning.silenceMs ?? DEFAULT_SILENCE_MS;
+    this.lastReceivedAt = this.lastSentAt = Date.now();
+    // Checked four times a beat: a heartbeat is never late by more than a quarter of one.
+    this.heartbeat = setInterval(() => this.beat(every, silence), Math.max(10, Math.floor(every / 4)));
+    this.heartbeat.unref();
+  }
+
+  private beat(every: number, silence: number): void {
+    if (this.ended || this.error !== null) return this.stopHeartbeat();
+    const now = Date.now();
+    if (!this.paused && now - this.lastReceivedAt > silence) {
+      this.fail(new PeerTimeoutError(this.name, `frame (not even a heartbeat); the link is silent`, silence));
+      return;
+    }
+    // Nothing queued behind backpressure: a heartbeat there would only add to the queue.
+    if (now - this.lastSentAt >= every && !this.socket.writableNeedDrain && !this.closing) this.sendAck();
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat !== null) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+  }
+
   // --- receiving ---------------------------------------------------------
 
   private onData(chunk: Buffer): void {
     if (this.error !== null) return;
+    this.lastReceivedAt = Date.now();
     try {
       for (const f of this.reader.push(chunk)) {
         this.stats.framesReceived++;
@@ -285,6 +332,7 @@ export class TlsPeerConnection implements PeerConnection {
       this.hello = m;
       if (this.helloTimer) clearTimeout(this.helloTimer);
       this.helloTimer = null;
+      this.startHeartbeat();
       this.resolveReady(m);
       return;
     }
@@ -330,6 +378,8 @@ export class TlsPeerConnection implements PeerConnection {
   private resumeIfRoom(): void {
     if (this.paused && this.queuedBytes <= this.tuning.windowBytes / 2 && this.error === null) {
       this.paused = false;
+      // The silence while we held the socket paused was ours.
+      this.lastReceivedAt = Date.now();
       this.socket.resume();
     }
   }
@@ -382,6 +432,7 @@ export class TlsPeerConnection implements PeerConnection {
   private settleFailure(e: Error): void {
     if (this.helloTimer) clearTimeout(this.helloTimer);
     this.helloTimer = null;
+    this.stopHeartbeat();
     this.rejectReady(e);
     this.failWaiters();
     this.wake('drain');

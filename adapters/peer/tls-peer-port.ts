@@ -29,6 +29,10 @@ export interface TlsPeerPortOptions {
    * that names none of them is refused.
    */
   allowedIdentities?: readonly string[];
+  /** A frame goes out at least this often on an idle connection (default 1 s). */
+  heartbeatMs?: number;
+  /** A connection that receives nothing for this long while it reads fails: the link is silent (default 5 s). */
+  silenceMs?: number;
   /** Dialling: TCP + TLS + Hello (default 10 s) unless the call gives one. */
   connectTimeoutMs?: number;
 }
@@ -47,7 +51,14 @@ export class TlsPeerPort implements PeerPort {
   }
 
   private tuning(helloTimeoutMs: number) {
-    return { hostId: this.options.hostId, maxFrameBytes: this.maxFrameBytes, windowBytes: this.windowBytes, helloTimeoutMs };
+    return {
+      hostId: this.options.hostId,
+      maxFrameBytes: this.maxFrameBytes,
+      windowBytes: this.windowBytes,
+      helloTimeoutMs,
+      heartbeatMs: this.options.heartbeatMs,
+      silenceMs: this.options.silenceMs,
+    };
   }
 
   listen(address: PeerAddress, onConnection: (c: PeerConnection) => void): Promise<PeerListener> {

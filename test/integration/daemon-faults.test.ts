@@ -135,6 +135,29 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     await m.waitSession(m.a, (s) => s.state === 'failed', 'failed');
   });
 
+  it('a peer link that goes silent mid-import (packets dropped, no RST) fails both sessions within seconds, rolled back', async () => {
+    await sourceReady();
+    await importing();
+    const partition = `table inet partition {
+  chain in { type filter hook input priority -300; policy accept; ip saddr ${ADDR.peerA} drop; }
+  chain out { type filter hook output priority -300; policy accept; ip daddr ${ADDR.peerA} drop; }
+}`;
+    await m.b.ns.execOk('nft', ['-f', '-'], { input: partition });
+    try {
+      const t0 = Date.now();
+      const s = await m.waitSession(m.b, (x) => x.state === 'failed' && !x.blocked, 'failed and rolled back on B', 20_000);
+      const ms = Date.now() - t0;
+      assert.match(s.error, /the link is silent/);
+      assert.ok(ms < 10_000, `B noticed the silent link after ${ms} ms`);
+      await assertBClean();
+      const a = await m.waitSession(m.a, (x) => x.state === 'failed', 'failed on A', 20_000);
+      assert.match(a.error, /silent|lost/);
+      assert.equal((await m.conntrack(m.a)).length, BIG, "A's entries are all still there");
+    } finally {
+      await m.b.ns.execOk('nft', ['delete', 'table', 'inet', 'partition']);
+    }
+  });
+
   it("prepare-incoming, then vmstate-args, then QEMU -incoming with that object: QEMU connects to the VM's helper", async () => {
     await sourceReady();
     await m.prepareIncoming();

@@ -302,6 +302,29 @@ describe('peer channel (TLS on loopback)', function () {
       assert.equal(conn.waiting, 0);
     });
 
+    it('fails a connection whose peer goes silent after its Hello, and keeps an idle one alive by heartbeats', async () => {
+      const { listener, seen } = await listen(port({ heartbeatMs: 100, silenceMs: 600 }));
+      // A peer that says Hello and then nothing at all: what a dropped link looks like from here.
+      const s = await rawAuthenticated(listener.address);
+      s.write(encodeFrameBytes({ kind: MessageKind.Hello, protocol: 1, role: PeerRole.Destination, maxFrameBytes: 4 * MiB, hostId: 'mute' }));
+      await waitFor('accept', () => seen.length === 1);
+      const t0 = Date.now();
+      const info = await seen[0].closed;
+      assert.ok(info.error instanceof PeerChannelError, String(info.error));
+      assert.match(info.error.message, /no frame \(not even a heartbeat\); the link is silent within 600 ms/);
+      assert.ok(Date.now() - t0 < 3000, `noticed after ${Date.now() - t0} ms`);
+
+      // Two of ours, idle three times the silence: heartbeats keep both ends up.
+      const c = await dial(port({ hostId: 'idle', heartbeatMs: 100, silenceMs: 600 }), listener.address);
+      await waitFor('accept', () => seen.length === 2);
+      await new Promise((r) => setTimeout(r, 1800));
+      let closed = false;
+      void seen[1].closed.then(() => (closed = true));
+      void c.closed.then(() => (closed = true));
+      await new Promise((r) => setImmediate(r));
+      assert.equal(closed, false, 'an idle connection stays open');
+    });
+
     it('closes sockets that do not finish the handshake in time', async () => {
       const { listener } = await listen(port({ handshakeTimeoutMs: 300 }));
       const s = tcpConnect(listener.address.port, '127.0.0.1');
