@@ -199,4 +199,42 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     assert.equal(st.sessions.filter((s) => s.vm === VM_UUID && !['failed', 'migrated'].includes(s.state)).length, 0, JSON.stringify(st.sessions));
     assert.equal((await m.conntrack(m.a)).length, BIG, "A's entries are all still there");
   });
+
+  it('SIGTERM on the source mid-pre-copy: exit 0 within 5 s, its entries kept; B rolls back', async () => {
+    await sourceReady();
+    await importing();
+    const daemon = m.a.daemon;
+    assert.ok(daemon);
+    const t0 = Date.now();
+    process.kill(daemon.pid as number, 'SIGTERM');
+    const exited = await Promise.race([daemon.exited, sleep(5_000).then(() => null)]);
+    assert.ok(exited, `ctmigrated on A still runs ${Date.now() - t0} ms after SIGTERM`);
+    assert.equal(exited.code, 0, `exit status ${exited.code}; stderr:\n${exited.stderr.slice(-2000)}`);
+    assert.doesNotMatch(exited.stderr, /terminate called|Napi::Error|Aborted/);
+    assert.equal((await m.conntrack(m.a)).length, BIG, "a source keeps the VM's entries");
+    assert.ok(!(await m.nftTables(m.a)).includes('table inet ctmigrate'));
+    await m.waitSession(m.b, (x) => x.state === 'failed' && !x.blocked, 'failed and rolled back on B');
+    await assertBClean();
+    // The source comes back (as systemd would restart it) for the cases after this one.
+    await m.startDaemon(m.a);
+    await m.register(m.a);
+  });
+
+  it('SIGTERM on a destination that is ready: exit 0 within 5 s, the VM keeps its state there and no drop stays', async () => {
+    await sourceReady();
+    await m.prepareIncoming();
+    await m.waitSession(m.b, (x) => x.state === 'streaming' && x.committed >= BIG, 'pre-copy done on B', 60_000);
+    await m.ctlOk(m.a, ['cutover', '--vm', VM_UUID]);
+    await m.waitSession(m.b, (x) => x.state === 'ready' && !x.blocked, 'ready on B');
+    const daemon = m.b.daemon;
+    assert.ok(daemon);
+    const t0 = Date.now();
+    process.kill(daemon.pid as number, 'SIGTERM');
+    const exited = await Promise.race([daemon.exited, sleep(5_000).then(() => null)]);
+    assert.ok(exited, `ctmigrated on B still runs ${Date.now() - t0} ms after SIGTERM`);
+    assert.equal(exited.code, 0, `exit status ${exited.code}; stderr:\n${exited.stderr.slice(-2000)}`);
+    assert.equal((await m.conntrack(m.b)).length, BIG, 'a ready destination keeps the state: the VM may run there on it');
+    assert.ok(!(await m.nftTables(m.b)).includes('table inet ctmigrate'), 'no drop left on B');
+    await m.b.ns.execOk('conntrack', ['-F']);
+  });
 });
