@@ -266,11 +266,11 @@ export class MigrationLab {
   }
 
   /** Poll the VM's session on a host until `ok` holds. */
-  async waitSession(h: Host, ok: (s: StatusSession) => boolean, what: string, timeoutMs = 20_000): Promise<StatusSession> {
+  async waitSession(h: Host, ok: (s: StatusSession) => boolean, what: string, timeoutMs = 20_000, vm = VM_UUID): Promise<StatusSession> {
     const deadline = Date.now() + timeoutMs;
     let last: StatusSession | null = null;
     for (;;) {
-      last = await this.session(h);
+      last = await this.session(h, vm);
       if (last && ok(last)) return last;
       if (Date.now() > deadline) throw new Error(`${h.name}: the VM's session did not reach "${what}" in ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
       await new Promise((r) => setTimeout(r, 100));
