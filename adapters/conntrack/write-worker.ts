@@ -13,6 +13,8 @@
  *        thread closes its socket and ends once the jobs before it are done
  *   out: { id, kind: 'progress', done } | { id, kind: 'done', report } | { id, kind: 'failed', message }
  */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { ConnectionTable } from '../../plugin/connection-table';
 import { WriteReport } from '../../plugin/ports/conntrack-port';
@@ -23,6 +25,25 @@ import { CtnetlinkSocket, CtnetlinkSocketOptions } from './ctnetlink-socket';
 import { FlowEncoder, MAX_MESSAGE_BYTES } from './flow-encoder';
 import { KernelTurn } from './kernel-turn';
 import { NlmFlag } from './netlink-message';
+
+/**
+ * A full collection of this thread's heap, run once it is idle. The thread
+ * allocates little, so V8 may not collect it for hours, and every table a
+ * job attached (a SharedArrayBuffer whose written pages are resident) stays
+ * alive until it does: the daemon's RSS grew with every session (a soak of
+ * 40 migrations: +70 MiB while the main heap stayed flat). The heap here is
+ * small, so a collection costs about a millisecond.
+ */
+function idleCollector(): () => void {
+  try {
+    setFlagsFromString('--expose_gc');
+    const gc = runInNewContext('gc') as unknown;
+    if (typeof gc === 'function') return () => (gc as () => void)();
+  } catch {
+    // No collector to call: the heap is collected whenever V8 decides.
+  }
+  return () => undefined;
+}
 
 /** What the thread is started with. */
 export interface WriteWorkerData {
@@ -59,6 +80,7 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
   let chain: Promise<void> = Promise.resolve();
   let queued = 0;
   const turn = data.turn ? new KernelTurn(data.turn) : null;
+  const collect = idleCollector();
   // The socket lives only while jobs are queued: a thread that ends (the
   // process exits) with a netlink socket still open aborts in native code.
   const close = (): void => {
@@ -109,6 +131,8 @@ function run(data: WriteWorkerData, port: NonNullable<typeof parentPort>): void 
     chain.then(
       () => {
         queued--;
+        // Idle, the last table let go (close() dropped the writer): free it now, not when V8 gets round to it.
+        if (queued === 0) setImmediate(collect);
       },
       (e: unknown) => {
         queued--;
