@@ -85,6 +85,11 @@ export function formatAddress(bytes: Uint8Array, off: number, len: number): stri
   return `${hex(g.slice(0, bestAt))}::${hex(g.slice(bestAt + bestLen))}`;
 }
 
+/** Whether 16 address bytes are an IPv4-mapped IPv6 address (::ffff:a.b.c.d), a dual-stack socket's view of IPv4. */
+export function isIpv4Mapped(b: Uint8Array): boolean {
+  return b.length === 16 && b[10] === 0xff && b[11] === 0xff && b.subarray(0, 10).every((x) => x === 0);
+}
+
 /** One spelling per address (IPv6 compressed, lower case), or the text as given when it is not an address. */
 export function canonicalAddressText(text: string): string {
   try {

@@ -52,7 +52,7 @@ export class MigrationEngine implements MigrationService {
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
   private listener: PeerListener | null = null;
-  private authorization: PeerAuthorization | null = null;
+  private readonly authorization: PeerAuthorization;
 
   constructor(
     @inject(DaemonConfigToken) private readonly config: DaemonConfig,
@@ -67,7 +67,9 @@ export class MigrationEngine implements MigrationService {
     @inject(JournalStore) private readonly journal: JournalStore,
     @inject(HostVmsPort) private readonly hostVms: HostVmsPort,
     @inject(HostAddressesPort) private readonly hostAddresses: HostAddressesPort,
-  ) {}
+  ) {
+    this.authorization = new PeerAuthorization(config.peers);
+  }
 
   /** A VM named with one of this host's own addresses would take the host's flows for its own. */
   private refuseHostAddress(vm: VmSpec): void {
@@ -119,7 +121,6 @@ export class MigrationEngine implements MigrationService {
   async start(): Promise<PeerAddress> {
     // Writers ready (and warmed up) before the first incoming migration, not during it.
     this.conntrack.prepareWrites?.();
-    this.authorization = new PeerAuthorization(this.config.peers);
     if (!this.authorization.restricted)
       this.log.warn('no peers configured: any host with the cluster key may start a session for a VM registered here (name the hosts this one migrates with: peer = ADDR:PORT)');
     this.listener = await this.peers.listen(this.config.listen, (conn) => void this.incoming(conn));
@@ -374,8 +375,7 @@ export class MigrationEngine implements MigrationService {
       return;
     }
     try {
-      const authorization = this.authorization ?? new PeerAuthorization(this.config.peers);
-      if (!authorization.allows(conn.remote.host)) return await this.refuse(conn, PeerErrorCode.Refused, authorization.refusal(conn.remote));
+      if (!this.authorization.allows(conn.remote.host)) return await this.refuse(conn, PeerErrorCode.Refused, this.authorization.refusal(conn.remote));
       if (first.kind === MessageKind.WhoHas) {
         // A finished (migrated, failed) source session is history: the VM runs elsewhere or not at all.
         const s = this.sources.get(first.vm);

@@ -1,4 +1,4 @@
-import { parseAddress } from './address';
+import { isIpv4Mapped, parseAddress } from './address';
 import { formatPeerAddress, PeerAddress } from './ports/peer-port';
 
 /**
@@ -43,9 +43,7 @@ function canonical(host: string): Uint8Array | null {
   } catch {
     return null;
   }
-  const b = a.bytes;
-  if (b.length === 16 && b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return b.slice(12);
-  return b;
+  return isIpv4Mapped(a.bytes) ? a.bytes.slice(12) : a.bytes;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

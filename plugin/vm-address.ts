@@ -1,4 +1,4 @@
-import { Address } from './address';
+import { Address, isIpv4Mapped } from './address';
 import { AF_INET } from './flow';
 
 /**
@@ -16,7 +16,7 @@ export function vmAddressProblem(a: Address): string | null {
   if (b.subarray(0, 15).every((x) => x === 0) && b[15] === 1) return 'the loopback address';
   if (b[0] === 0xff) return 'a multicast address';
   // IPv4-mapped (::ffff:a.b.c.d): judged as the IPv4 address it names.
-  if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return ipv4Problem(b, 12);
+  if (isIpv4Mapped(b)) return ipv4Problem(b, 12);
   return null;
 }
 

@@ -1,5 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { ConnectionOptions, TlsOptions } from 'node:tls';
+import { formatAddress, isIpv4Mapped, parseAddress } from '../../plugin/address';
 import { readPskFile } from './psk-key';
 
 /**
@@ -120,7 +122,8 @@ export function serverTlsOptions(c: PeerCredentials): TlsOptions {
 
 /**
  * The identities a certificate names: its subjectAltName DNS names and IP
- * addresses (Node gives them as "DNS:a, IP Address:192.0.2.1"). The CN is
+ * addresses (Node gives them as "DNS:a, IP Address:192.0.2.1", IPv6
+ * written out in upper case), each as identityKey() spells it. The CN is
  * not an identity: RFC 6125 and libvirt's own checks look at SANs.
  */
 export function certificateIdentities(subjectaltname: string | undefined): string[] {
@@ -128,9 +131,17 @@ export function certificateIdentities(subjectaltname: string | undefined): strin
   const out: string[] = [];
   for (const part of subjectaltname.split(/,\s*/)) {
     const m = /^(DNS|IP Address):(.+)$/.exec(part.trim());
-    if (m) out.push(m[1] === 'DNS' ? m[2].toLowerCase() : m[2]);
+    if (m) out.push(identityKey(m[2]));
   }
   return out;
+}
+
+/** One spelling per identity: DNS names in lower case, addresses compressed (IPv4-mapped ones as IPv4). */
+export function identityKey(name: string): string {
+  if (isIP(name) === 0) return name.toLowerCase();
+  const a = parseAddress(name);
+  const b = isIpv4Mapped(a.bytes) ? a.bytes.subarray(12) : a.bytes;
+  return formatAddress(b, 0, b.length);
 }
 
 /** TLS options for the dialling side. */

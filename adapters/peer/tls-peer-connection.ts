@@ -384,7 +384,7 @@ export class TlsPeerConnection implements PeerConnection {
     }
   }
 
-  /** Untaken messages waiting in the inbox (tests and status). */
+  /** Untaken messages waiting in the inbox (for tests). */
   get waiting(): number {
     return this.inbox.length;
   }

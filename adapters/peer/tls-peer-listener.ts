@@ -3,7 +3,7 @@ import { createServer as createTlsServer, Server as TlsServer, TLSSocket } from 
 import { PeerRole } from '../../plugin/peer-protocol';
 import { PeerAddress, PeerConnection, PeerListener, PeerListenerStats } from '../../plugin/ports/peer-port';
 import { PeerChannelError } from './peer-errors';
-import { certificateIdentities, PeerCredentials, serverTlsOptions } from './tls-credentials';
+import { certificateIdentities, identityKey, PeerCredentials, serverTlsOptions } from './tls-credentials';
 import { ConnectionTuning, TlsPeerConnection } from './tls-peer-connection';
 
 /** Limits on sockets that have not proven they belong to the cluster. */
@@ -32,8 +32,9 @@ interface Pending {
  * its share, and otherwise, when the listener is full, the oldest of the
  * source that holds the most. A flood from one address (a VM on a bridge the
  * listener faces, say) therefore only ever churns its own slots, and a real
- * peer's handshake from another address is never the one pushed out. Each accepted socket
- * is handed to a tls.Server that never listens itself (emit('connection')),
+ * peer's handshake from another address is never the one pushed out.
+ *
+ * Each accepted socket is handed to a tls.Server that never listens itself (emit('connection')),
  * so Node's own certificate checks (requestCert + rejectUnauthorized) apply.
  * tls.Server alone leaves a socket that hit its handshake timeout open when
  * a 'tlsClientError' listener exists (seen on Node 20): that is how idle
@@ -72,7 +73,7 @@ export class TlsPeerListener implements PeerListener {
     private readonly onConnection: (c: PeerConnection) => void,
     allowedIdentities: readonly string[] = [],
   ) {
-    this.allowed = credentials.kind === 'certificate' ? new Set(allowedIdentities.map(normalIdentity)) : null;
+    this.allowed = credentials.kind === 'certificate' ? new Set(allowedIdentities.map(identityKey)) : null;
     // Node's own handshake timer stays behind ours; ours is the one that counts and closes.
     this.tlsServer = createTlsServer({ ...serverTlsOptions(credentials), handshakeTimeout: limits.handshakeTimeoutMs + 1000 });
     this.tlsServer.on('tlsClientError', (_err, tls) => tls.destroy());
@@ -125,7 +126,9 @@ export class TlsPeerListener implements PeerListener {
       raw.destroy();
     }, this.limits.handshakeTimeoutMs);
     this.pending.set(key, { raw, source, timer, tlsPassed: false });
-    if (own !== undefined) own.add(key);
+    // Looked up again: the eviction above may have emptied (and removed) this source's set.
+    const mine = this.bySource.get(source);
+    if (mine !== undefined) mine.add(key);
     else this.bySource.set(source, new Set([key]));
     this.stats.pending = this.pending.size;
     raw.once('close', () => {
@@ -186,8 +189,7 @@ export class TlsPeerListener implements PeerListener {
   }
 
   private identityAllowed(tls: TLSSocket): boolean {
-    const names = certificateIdentities(tls.getPeerCertificate().subjectaltname);
-    return names.some((n) => this.allowed?.has(normalIdentity(n)));
+    return certificateIdentities(tls.getPeerCertificate().subjectaltname).some((n) => this.allowed?.has(n));
   }
 
   private drop(key: string): void {
@@ -200,10 +202,4 @@ export class TlsPeerListener implements PeerListener {
     if (keys?.size === 0) this.bySource.delete(p.source);
     this.stats.pending = this.pending.size;
   }
-}
-
-/** DNS names compare case-blind; IP addresses in one spelling (IPv6 lower case, no IPv4-mapped prefix). */
-function normalIdentity(name: string): string {
-  const n = name.toLowerCase();
-  return n.startsWith('::ffff:') && n.includes('.') ? n.slice(7) : n;
 }

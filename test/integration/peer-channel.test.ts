@@ -277,6 +277,15 @@ describe('peer channel (TLS on loopback)', function () {
       assert.equal(listener.stats.evicted, 194);
     });
 
+    it('keeps counting a source whose only pending socket was just evicted (a share of one)', async () => {
+      const { listener } = await listen(port({ maxPendingHandshakes: 8, maxPendingPerSource: 1, handshakeTimeoutMs: 20_000 }));
+      listenerPort = listener.address.port;
+      await idleFlood(5, '127.0.0.4');
+      await waitFor('all accepted', () => listener.stats.connections === 5);
+      assert.equal(listener.stats.pending, 1);
+      assert.equal(listener.stats.evicted, 4);
+    });
+
     it('stops reading a peer that floods control frames nobody takes, and frees them when it fails', async () => {
       const windowBytes = MiB;
       const { seen, listener } = await listen(port({ windowBytes }));

@@ -33,7 +33,7 @@ import { clientTlsOptions, loadCredentials, PeerCredentials } from '../../../ada
 import { TlsPeerPort } from '../../../adapters/peer/tls-peer-port';
 import { Scan } from '../../../plugin/connection-table';
 import { decodeJsonLines } from '../../../plugin/flow-json';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrameBytes, MessageKind, PeerRole, PROTOCOL_VERSION } from '../../../plugin/peer-protocol';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrameBytes, MessageKind, PeerRole, PROTOCOL_VERSION, StartMessage } from '../../../plugin/peer-protocol';
 import { PeerConnection } from '../../../plugin/ports/peer-port';
 import { encodeTableToBuffer } from '../../../plugin/snapshot-encoder';
 
@@ -141,39 +141,39 @@ function entry(src: string, dst: string, sport: number, dport: number): string {
   });
 }
 
-async function fakeSource(addr: string, p: number, keyFile: string, foreign: string[]): Promise<void> {
-  const peers = new TlsPeerPort({ credentials: loadCredentials({ pskFile: keyFile }), hostId: 'fake-source' });
+/**
+ * A source that authenticates with the right key and answers every Start
+ * with `answer`; prints "ready PORT", and holds its connections until stdin
+ * closes.
+ */
+async function serveAsSource(addr: string, p: number, keyFile: string, hostId: string, answer: (conn: PeerConnection, start: StartMessage) => Promise<void>): Promise<void> {
+  const peers = new TlsPeerPort({ credentials: loadCredentials({ pskFile: keyFile }), hostId });
   const conns: PeerConnection[] = [];
   await peers.listen({ host: addr, port: p }, (conn) => {
     conns.push(conn);
     void (async () => {
       const start = await conn.receive(10_000);
       if (start.kind !== MessageKind.Start) return conn.destroy();
-      const vmAddr = start.addresses[0] as string;
-      // One entry of the VM, then one per foreign address, each a flow the VM never had.
-      const lines = [entry('203.0.113.100', vmAddr, 41000, 7000), ...foreign.map((f, i) => entry('203.0.113.100', f, 42000 + i, 22))];
-      const decoded = await decodeJsonLines(lines.join('\n'), { maxEntries: 64 });
-      const table = decoded.table;
-      const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
-      await conn.send({
-        kind: MessageKind.Offer,
-        sessionId: start.sessionId,
-        vm: start.vm,
-        addresses: start.addresses,
-        zone: start.zone,
-        mark: start.mark,
-        snapshotVersion: table.version,
-        announcedEntries: summary.entries,
-        resumeFrom: null,
-      });
-      await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes });
-      say(`offered ${summary.entries}`);
+      await answer(conn, start);
     })().catch((e: Error) => say(`error ${e.message}`));
   });
   say(`ready ${p}`);
   process.stdin.on('end', () => {
     for (const c of conns) c.destroy();
     process.exit(0);
+  });
+}
+
+function fakeSource(addr: string, p: number, keyFile: string, foreign: string[]): Promise<void> {
+  return serveAsSource(addr, p, keyFile, 'fake-source', async (conn, start) => {
+    const vmAddr = start.addresses[0] as string;
+    // One entry of the VM, then one per foreign address, each a flow the VM never had.
+    const lines = [entry('203.0.113.100', vmAddr, 41000, 7000), ...foreign.map((f, i) => entry('203.0.113.100', f, 42000 + i, 22))];
+    const { table } = await decodeJsonLines(lines.join('\n'), { maxEntries: 64 });
+    const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    await conn.send({ kind: MessageKind.Offer, sessionId: start.sessionId, vm: start.vm, addresses: start.addresses, zone: start.zone, mark: start.mark, snapshotVersion: table.version, announcedEntries: summary.entries, resumeFrom: null });
+    await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes });
+    say(`offered ${summary.entries}`);
   });
 }
 
@@ -201,32 +201,20 @@ function craftedLines(vmAddr: string, base: number): string[] {
   ];
 }
 
-async function craftedSource(addr: string, p: number, keyFile: string): Promise<void> {
-  const peers = new TlsPeerPort({ credentials: loadCredentials({ pskFile: keyFile }), hostId: 'crafted-source' });
-  const conns: PeerConnection[] = [];
-  await peers.listen({ host: addr, port: p }, (conn) => {
-    conns.push(conn);
-    void (async () => {
-      const start = await conn.receive(10_000);
-      if (start.kind !== MessageKind.Start) return conn.destroy();
-      const vmAddr = start.addresses[0] as string;
-      const snapshot = craftedLines(vmAddr, 41000);
-      const delta = craftedLines(vmAddr, 42000);
-      // One table: the snapshot is versions 1..v0, the delta (v0, v1].
-      const { table } = await decodeJsonLines([...snapshot, ...delta].join('\n'), { maxEntries: 64 });
-      const v0 = snapshot.length;
-      const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: v0 });
-      await conn.send({ kind: MessageKind.Offer, sessionId: start.sessionId, vm: start.vm, addresses: start.addresses, zone: start.zone, mark: start.mark, snapshotVersion: v0, announcedEntries: snap.summary.entries, resumeFrom: null });
-      await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes: snap.bytes });
-      const changes = encodeTableToBuffer(table, { scan: Scan.Delta, from: v0, to: table.version });
-      await conn.send({ kind: MessageKind.Changes, from: v0, to: table.version, bytes: changes.bytes });
-      say(`offered ${snap.summary.entries}+${changes.summary.entries}`);
-    })().catch((e: Error) => say(`error ${e.message}`));
-  });
-  say(`ready ${p}`);
-  process.stdin.on('end', () => {
-    for (const c of conns) c.destroy();
-    process.exit(0);
+function craftedSource(addr: string, p: number, keyFile: string): Promise<void> {
+  return serveAsSource(addr, p, keyFile, 'crafted-source', async (conn, start) => {
+    const vmAddr = start.addresses[0] as string;
+    const snapshot = craftedLines(vmAddr, 41000);
+    const delta = craftedLines(vmAddr, 42000);
+    // One table: the snapshot is versions 1..v0, the delta (v0, v1].
+    const { table } = await decodeJsonLines([...snapshot, ...delta].join('\n'), { maxEntries: 64 });
+    const v0 = snapshot.length;
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: v0 });
+    await conn.send({ kind: MessageKind.Offer, sessionId: start.sessionId, vm: start.vm, addresses: start.addresses, zone: start.zone, mark: start.mark, snapshotVersion: v0, announcedEntries: snap.summary.entries, resumeFrom: null });
+    await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: true, bytes: snap.bytes });
+    const changes = encodeTableToBuffer(table, { scan: Scan.Delta, from: v0, to: table.version });
+    await conn.send({ kind: MessageKind.Changes, from: v0, to: table.version, bytes: changes.bytes });
+    say(`offered ${snap.summary.entries}+${changes.summary.entries}`);
   });
 }
 
