@@ -8,6 +8,7 @@
  *   psk-file = /etc/ctmigrate/psk
  *   ready-when = complete
  *   block-timeout = 30
+ *   hot-attach = yes
  */
 import { isIP } from 'node:net';
 import { PeerAddress } from './ports/peer-port';
@@ -38,6 +39,14 @@ export interface DaemonConfig {
   changeIntervalMs: number;
   /** Where Prometheus scrapes `GET /metrics`; absent: no metrics endpoint. */
   metrics?: PeerAddress;
+  /**
+   * Add the dbus-vmstate object to a running QEMU that lacks it when a
+   * migration starts (libvirt marks such a domain tainted); off: such VMs
+   * cut over on libvirt's events.
+   */
+  hotAttach: boolean;
+  /** Where the daemon reaches libvirt (virsh -c) for hot attach and events. */
+  libvirtUri: string;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/ctmigrate/ctmigrate.conf';
@@ -54,6 +63,8 @@ export function defaultConfig(): DaemonConfig {
     onBlockTimeout: 'open',
     tableCapacity: 2_000_000,
     changeIntervalMs: 20,
+    hotAttach: true,
+    libvirtUri: 'qemu:///system',
   };
 }
 
@@ -101,6 +112,8 @@ export const CONFIG_KEYS = [
   'on-block-timeout',
   'table-capacity',
   'metrics',
+  'hot-attach',
+  'libvirt-uri',
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -164,6 +177,14 @@ export function applySetting(c: DaemonConfig, key: string, value: string, where:
       // A port of its own, always written out: the peer port is the wrong default here.
       if (!/:\d+$/.test(value.trim())) bad(`must be ADDR:PORT or [IPv6]:PORT, not ${JSON.stringify(value)}`);
       c.metrics = wrap(() => parsePeerAddress(value, 'metrics'), where);
+      break;
+    case 'hot-attach':
+      if (!/^(yes|no|true|false|on|off)$/.test(value)) bad(`must be yes or no, not ${JSON.stringify(value)}`);
+      c.hotAttach = /^(yes|true|on)$/.test(value);
+      break;
+    case 'libvirt-uri':
+      if (!/^[a-z0-9+.-]+:\/\/[^\s]*$/i.test(value)) bad(`must be a libvirt URI such as qemu:///system, not ${JSON.stringify(value)}`);
+      c.libvirtUri = value;
       break;
     default:
       throw new ConfigError(`${where}: unknown setting ${JSON.stringify(key)} (known: ${CONFIG_KEYS.join(', ')})`);

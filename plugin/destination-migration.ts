@@ -143,6 +143,7 @@ export class DestinationMigration {
     if (first.kind !== MessageKind.Offer) throw new Error(`source answered ${MessageKind[first.kind]} instead of an offer`);
     if (first.vm !== this.vm.uuid || first.sessionId !== this.session.id) throw new Error('source offered another VM or session');
     this.progress.announced = first.announcedEntries;
+    if (first.cutoverPath) this.session.update({ path: first.cutoverPath });
     this.session.moveTo('precopy');
     return first;
   }

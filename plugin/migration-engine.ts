@@ -16,6 +16,9 @@ import { HostVmsPort } from './ports/host-vms-port';
 import { JournalStore } from './ports/journal-store';
 import { recoverAfterCrash, RecoveryReport } from './crash-recovery';
 import { VmStatePort } from './ports/vmstate-port';
+import { VmstateObjectPort } from './ports/vmstate-object-port';
+import { DomainEventsPort } from './ports/domain-events-port';
+import { arrangeCutover, CutoverArrangement } from './cutover-path';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { Session } from './session';
 import { SourceMigration } from './source-migration';
@@ -31,6 +34,11 @@ export const DaemonConfigToken = Symbol('DaemonConfig');
 const WHO_HAS_TIMEOUT_MS = 3000;
 /** How long after an incoming session is over its VM's tracking starts again (see pauseTracking). */
 export const RETRACK_AFTER_MS = 2000;
+/**
+ * Longest one hypervisor call may take while a source chooses its cut-over
+ * path: the destination's prepare (and libvirt's migration) waits on it.
+ */
+const CUTOVER_SETUP_TIMEOUT_MS = 3000;
 /** How long a peer may take to say what it wants after the handshake. */
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 
@@ -67,6 +75,8 @@ export class MigrationEngine implements MigrationService {
     @inject(JournalStore) private readonly journal: JournalStore,
     @inject(HostVmsPort) private readonly hostVms: HostVmsPort,
     @inject(HostAddressesPort) private readonly hostAddresses: HostAddressesPort,
+    @inject(VmstateObjectPort) private readonly vmstateObjects: VmstateObjectPort,
+    @inject(DomainEventsPort) private readonly domainEvents: DomainEventsPort,
   ) {
     this.authorization = new PeerAuthorization(config.peers);
   }
@@ -142,6 +152,7 @@ export class MigrationEngine implements MigrationService {
     for (const t of this.trackers.values()) await t.stop();
     this.trackers.clear();
     await this.listener?.close();
+    await this.domainEvents.close?.().catch(() => undefined);
     // Lifted drops fully gone from the kernel, writer threads ended: the process may exit now.
     await this.blocker.settle?.().catch((e: Error) => this.log.error(`drops not tidied: ${e.message}`));
     await this.conntrack.close?.().catch((e: Error) => this.log.error(`conntrack writers: ${e.message}`));
@@ -423,12 +434,30 @@ export class MigrationEngine implements MigrationService {
       this.trackers.delete(vm.uuid);
       tracker = this.track(vm);
     }
+    // Set up before the Offer goes out: the destination's prepare, and with
+    // it libvirt's QEMU migration, waits for the Offer.
+    let arranged: Promise<CutoverArrangement> | null = null;
     const migration = new SourceMigration(session, vm, conn, tracker, this.conntrack, this.clock, this.log, {
       tableCapacity: this.config.tableCapacity,
       changeIntervalMs: this.config.changeIntervalMs,
+      onClosed: (migrated) => {
+        void arranged?.then((a) => a.release(migrated)).catch((e: Error) => this.log.warn(`cut-over set-up not undone: ${e.message}`, { vm: vm.uuid }));
+      },
     });
     this.sources.set(vm.uuid, migration);
-    this.log.info('outgoing session started', { vm: vm.uuid, session: session.id, destination: session.info.peer });
+    arranged = arrangeCutover(
+      { objects: this.vmstateObjects, events: this.domainEvents, log: this.log },
+      vm.uuid,
+      known.vmstateArgs,
+      () => {
+        this.log.info('libvirt reports the VM suspended for migration: cutting over', { vm: vm.uuid, session: session.id });
+        migration.cutover().catch((e: Error) => this.log.error(`event cut-over failed: ${e.message}`, { vm: vm.uuid, session: session.id }));
+      },
+      { hotAttach: this.config.hotAttach, timeoutMs: CUTOVER_SETUP_TIMEOUT_MS },
+    );
+    const arrangement = await arranged;
+    session.update({ path: arrangement.path });
+    this.log.info('outgoing session started', { vm: vm.uuid, session: session.id, destination: session.info.peer, path: arrangement.path });
     try {
       await migration.start(start);
     } catch (e) {

@@ -41,6 +41,12 @@ export interface SessionInfo {
   readyAt: number;
   /** Why the session failed, '' otherwise. */
   error: string;
+  /**
+   * How the residual delta is handed over at the source's stop (see
+   * cutover-path.ts): vmstate, vmstate-hot, event or hook; '' until the
+   * source has chosen (the destination learns it from the source's offer).
+   */
+  path: string;
 }
 
 /** What changed, for listeners (D-Bus signals and PropertiesChanged). */

@@ -1,3 +1,4 @@
+import { CUTOVER_PATHS, CutoverPath } from './cutover-path';
 import { AF_INET } from './flow';
 import { formatAddress, parseAddress } from './address';
 
@@ -146,6 +147,8 @@ export interface OfferMessage extends SessionScope {
   announcedEntries: number | null;
   /** Set when this answers a Resume: no snapshot follows, changes start after this version. */
   resumeFrom: number | null;
+  /** How the source will hand over the residual delta (absent: not said). */
+  cutoverPath?: CutoverPath;
 }
 
 /** One piece of the snapshot stream (snapshot codec bytes), in order from seq 0. */
@@ -419,9 +422,14 @@ export function encodeFrame(m: PeerMessage, maxFrameBytes = DEFAULT_MAX_FRAME_BY
       writeScope(w, m);
       w.version('snapshot version', m.snapshotVersion);
       if (m.announcedEntries !== null) checkU32('announced entries', m.announcedEntries);
-      w.u8((m.announcedEntries !== null ? 1 : 0) | (m.resumeFrom !== null ? 2 : 0));
+      w.u8((m.announcedEntries !== null ? 1 : 0) | (m.resumeFrom !== null ? 2 : 0) | (m.cutoverPath !== undefined ? 4 : 0));
       if (m.announcedEntries !== null) w.u32(m.announcedEntries);
       if (m.resumeFrom !== null) w.version('resume point', m.resumeFrom);
+      if (m.cutoverPath !== undefined) {
+        const path = CUTOVER_PATHS.indexOf(m.cutoverPath);
+        if (path < 0) throw new RangeError(`cut-over path ${JSON.stringify(m.cutoverPath)} is unknown`);
+        w.u8(path);
+      }
       break;
     case MessageKind.SnapshotChunk:
       checkU32('chunk number', m.seq);
@@ -627,10 +635,17 @@ export function decodePayload(kind: number, payload: Uint8Array): PeerMessage {
       const scope = readScope(r);
       const snapshotVersion = r.version('snapshot version');
       const flags = r.u8('offer flags');
-      if (flags > 3) throw r.bad(`offer flags 0x${flags.toString(16)}`);
+      if (flags > 7) throw r.bad(`offer flags 0x${flags.toString(16)}`);
       const announcedEntries = flags & 1 ? r.u32('announced entries') : null;
       const resumeFrom = flags & 2 ? r.version('resume point') : null;
-      m = { kind: k, ...scope, snapshotVersion, announcedEntries, resumeFrom };
+      const offer: OfferMessage = { kind: k, ...scope, snapshotVersion, announcedEntries, resumeFrom };
+      if (flags & 4) {
+        const path = r.u8('cut-over path');
+        const name = CUTOVER_PATHS[path];
+        if (name === undefined) throw r.bad(`cut-over path ${path}`);
+        offer.cutoverPath = name;
+      }
+      m = offer;
       break;
     }
     case MessageKind.SnapshotChunk:

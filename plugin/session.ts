@@ -63,6 +63,7 @@ export class Session {
       cutoverAt: 0,
       readyAt: 0,
       error: '',
+      path: '',
     };
   }
 
@@ -135,7 +136,7 @@ export class Session {
   }
 
   /** Update counters and flags; reports one session-changed. */
-  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt'>>): void {
+  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt' | 'path'>>): void {
     Object.assign(this.info, patch);
     this.info.updatedAt = this.clock.now();
     this.emit({ kind: 'session-changed', session: this.snapshot() });

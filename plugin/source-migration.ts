@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
+import { CutoverPath } from './cutover-path';
 import { CloseReason, MessageKind, StartMessage } from './peer-protocol';
 import { Clock } from './ports/clock';
 import { Feed } from './ports/connection-feed';
@@ -15,6 +16,8 @@ import { VmStateReference } from './vmstate-reference';
 export interface SourceSettings {
   tableCapacity: number;
   changeIntervalMs: number;
+  /** Told once when the session is over (`migrated`: the VM runs on the destination now). */
+  onClosed?: (migrated: boolean) => void;
 }
 
 /** Room kept free in a frame for the message header around codec bytes. */
@@ -114,6 +117,7 @@ export class SourceMigration {
       snapshotVersion: v0,
       announcedEntries: table.size,
       resumeFrom: null,
+      ...(this.session.info.path ? { cutoverPath: this.session.info.path as CutoverPath } : {}),
     });
     this.session.moveTo('precopy');
     let seq = 0;
@@ -272,5 +276,6 @@ export class SourceMigration {
     await this.conn.close().catch(() => undefined);
     // The tracker (and its feed) belongs to the registration, not to the session.
     this.tracker.busy = false;
+    this.settings.onClosed?.(reason === CloseReason.Migrated);
   }
 }

@@ -16,6 +16,7 @@ export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:POR
                   [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
                   [--block-timeout SECONDS] [--on-block-timeout open|block]
                   [--table-capacity N] [--metrics ADDR:PORT]
+                  [--hot-attach yes|no] [--libvirt-uri URI]
 
 The ctmigrate daemon. It carries registered VMs' conntrack entries to the
 destination host during live migration: pre-copy while the VM runs, the
@@ -45,6 +46,13 @@ Options (flags override the config file, which overrides the defaults):
       --on-block-timeout P   open (lift the drop, warn; default) or block
       --table-capacity N     most entries per VM session (default 2000000)
       --metrics ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics (default off)
+      --hot-attach yes|no    when a migration starts for a VM whose QEMU has no
+                             dbus-vmstate object, add one to the running QEMU
+                             (QMP object-add through libvirt, which marks the domain
+                             tainted; default yes). no: such VMs cut over when
+                             libvirt reports them suspended for migration
+      --libvirt-uri URI      libvirt connection for hot attach, events and crash
+                             recovery (default qemu:///system)
   -h, --help                 show this help
   -V, --version              print the version
 
@@ -69,6 +77,8 @@ export function daemonConfig(args: string[]): DaemonConfig {
     'on-block-timeout': { type: 'string' },
     'table-capacity': { type: 'string' },
     metrics: { type: 'string' },
+    'hot-attach': { type: 'string' },
+    'libvirt-uri': { type: 'string' },
   });
   if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
   const c = defaultConfig();

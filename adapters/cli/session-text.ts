@@ -10,6 +10,7 @@ export function sessionLine(s: SessionInfo): string {
   parts.push(`${formatBytes(s.bytes)}`);
   if (s.role === 'destination') parts.push(s.blocked ? 'traffic blocked' : 'traffic flowing');
   if (s.peer) parts.push(`peer ${s.peer}`);
+  if (s.path) parts.push(`path ${s.path}`);
   if (s.error) parts.push(`error: ${s.error}`);
   return parts.join(', ');
 }

@@ -45,6 +45,46 @@ export class Virsh {
     return this.run(['domstate', domain], timeoutMs);
   }
 
+  /** The running domain's XML as libvirt has it now (no secrets). */
+  liveXml(domain: string, timeoutMs = TIMEOUT_MS): Promise<string> {
+    return this.run(['dumpxml', domain], timeoutMs);
+  }
+
+  /** `virsh domname`: the name of the domain with that UUID. */
+  async domainName(uuid: string, timeoutMs = TIMEOUT_MS): Promise<string> {
+    return (await this.run(['domname', uuid], timeoutMs)).trim();
+  }
+
+  /** UUIDs of the running domains. */
+  async runningDomains(timeoutMs = TIMEOUT_MS): Promise<string[]> {
+    return (await this.run(['list', '--uuid'], timeoutMs)).split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  }
+
+  /** Whether the domain has a persistent definition (a transient one, from `virsh create`, has none). */
+  async isPersistent(domain: string, timeoutMs = TIMEOUT_MS): Promise<boolean> {
+    const info = await this.run(['dominfo', domain], timeoutMs);
+    return /^Persistent:\s+yes\s*$/m.test(info);
+  }
+
+  /**
+   * One QMP command through libvirt's monitor passthrough; returns QEMU's
+   * reply text. libvirt marks the domain tainted (custom-monitor).
+   */
+  monitorCommand(domain: string, command: string, timeoutMs = TIMEOUT_MS): Promise<string> {
+    return this.run(['qemu-monitor-command', domain, command], timeoutMs);
+  }
+
+  /**
+   * `virsh metadata --set`: an element of namespace `uri`, written with the
+   * prefix `key`, on the running domain (`live`) and/or its definition (`config`).
+   */
+  async setMetadata(domain: string, meta: { uri: string; key: string; xml: string }, where: { live: boolean; config: boolean }): Promise<void> {
+    const args = ['metadata', domain, '--uri', meta.uri, '--key', meta.key, '--set', meta.xml];
+    if (where.live) args.push('--live');
+    if (where.config) args.push('--config');
+    await this.run(args);
+  }
+
   private run(args: string[], timeoutMs = TIMEOUT_MS): Promise<string> {
     const argv = this.uri ? ['-c', this.uri, ...args] : args;
     return new Promise((resolve, reject) => {

@@ -10,6 +10,7 @@
 import { strict as assert } from 'node:assert';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { insert } from './lab/conntrack-cli';
+import { Flows } from './lab/flows';
 import {
   abortedMigration,
   blockState,
@@ -19,8 +20,10 @@ import {
   LibvirtMigrationLab,
   migrateWithNetwork,
   newLabVm,
+  qemuObjects,
   qemuPidsOf,
   REPO_HOOK,
+  startPlainVm,
   startLabVm,
   until,
   vmTraces,
@@ -33,6 +36,8 @@ import { join } from 'node:path';
 const FLOWS = 240;
 /** Longest gap between two echoes of one flow that still counts as "no stall". */
 const MAX_STALL_MS = 1000;
+/** The same on the event path, which cuts over at the pause without QEMU waiting for it. */
+const EVENT_MAX_STALL_MS = 1500;
 /**
  * A probe's echo is stamped by the prober when it arrives; B's readyAt is
  * stamped by ctmigrated just after its nft transaction lifting the drop has
@@ -202,6 +207,142 @@ describe('live migration through libvirt (two libvirtd hosts, hook, ctmigrated, 
     assert.equal(bAfter.registered, true, `B does not have the VM registered: ${show(bAfter)}`);
     assert.equal(bAfter.blocked, false, 'B still blocks the VM');
     assert.ok(bAfter.entries >= FLOWS, `B tracks ${bAfter.entries} entries of the VM`);
+    assert.equal(incoming.path, 'vmstate', `B's session took path ${incoming.path}`);
+    await retire(vm, flows);
+  });
+
+  /** The next flow test's VM uses the same address: this one goes, with its flows. */
+  async function retire(vm: LabVm, flows: Flows): Promise<void> {
+    await flows.stop();
+    await m.b.virsh(['destroy', vm.name]);
+    await until(() => vmTraces(m.b, vm), (t) => !t.registered && t.domain === '', 10_000);
+    await m.resetVmNetwork();
+  }
+
+  /**
+   * A VM started from plain XML on A (no metadata, no qemu:commandline),
+   * then enabled while it runs: `ctmigratectl enable-vm --live`.
+   */
+  async function startPlainEnabledVm(tag: string, address: string = LAB_ADDR.vm): Promise<LabVm> {
+    const vm = newLabVm(address, tag);
+    await startPlainVm(m.a, vm);
+    const before = await until(() => vmTraces(m.a, vm), (t) => t.domain === 'running', 10_000);
+    assert.equal(before.registered, false, 'a VM without metadata is not registered by the hook');
+    const out = await m.a.ctlOk(['enable-vm', vm.name, '--live', '--address', address, '--connect', m.a.uri]);
+    assert.match(out, /enabled live and registered/);
+    const xml = await m.a.virshOk(['dumpxml', vm.name]);
+    assert.match(xml, /<ctmigrate:address>/, 'the live XML carries our metadata');
+    assert.doesNotMatch(xml, /qemu:commandline/, 'enable-vm --live adds no <qemu:commandline>');
+    const onA = await vmTraces(m.a, vm);
+    assert.ok(onA.registered, `enable-vm --live did not register the VM with A's ctmigrated: ${show(onA)}`);
+    return vm;
+  }
+
+  /**
+   * FLOWS busy flows through A, a live migration to B with the VM's network
+   * moved at B's resume; asserts every flow kept, the longest stall under
+   * `maxStallMs`, B dropping until its state was in, A clean, B running the
+   * VM with our object; returns the figures.
+   */
+  async function carriesFlows(vm: LabVm, path: string, maxStallMs: number): Promise<{ maxStallMs: number; kept: number; blockedMs: number }> {
+    const flows = await m.startFlows(FLOWS);
+    try {
+      const start = await flows.report();
+      assert.equal(start.kept, FLOWS, `flows did not all come up: ${JSON.stringify(start)}`);
+      await flows.mark();
+      const migration = await migrateWithNetwork(m, vm, say);
+      assert.equal(migration.exitCode, 0, `virsh migrate failed: ${migration.stderr}\n${logs()}`);
+      assert.ok(migration.resumedAt > 0, `B never reported "Resumed Migrated"\n${logs()}`);
+      await new Promise((r) => setTimeout(r, 1500));
+      const end = await flows.report();
+      say(`${path}: ${end.kept}/${FLOWS} kept, longest stall ${end.maxStallMs} ms, median ${end.medianStallMs} ms`);
+      assert.equal(end.broken, 0, `flows broken: ${JSON.stringify(end.reasons)}\n${logs()}`);
+      assert.equal(end.kept, FLOWS);
+      assert.ok(end.maxStallMs < maxStallMs, `a flow stalled ${end.maxStallMs} ms (limit ${maxStallMs})`);
+
+      const incoming = (await m.b.status()).sessions.filter((s) => s.vm === vm.uuid && s.role === 'destination').pop();
+      assert.ok(incoming, 'B has no incoming session for the VM');
+      const outgoing = (await m.a.status()).sessions.filter((s) => s.vm === vm.uuid && s.role === 'source').pop();
+      assert.equal(incoming.path, path, `B's session took path ${incoming.path}\n${logs()}`);
+      assert.equal(outgoing?.path, path, "A's status shows another path");
+      assert.ok(incoming.committed >= FLOWS, `B committed ${incoming.committed} entries`);
+      assert.ok(incoming.readyAt > 0, 'B never lifted its drop');
+      assert.ok(migration.blockSeenAt > 0 && migration.droppedWhileBlocked > 0, "B's drop never held or dropped anything");
+      const early = migration.probes.ok.filter((t) => t < incoming.readyAt - STAMP_SLACK_MS);
+      assert.deepEqual(early, [], `probes echoed through B before its state was in (ready at ${incoming.readyAt})`);
+      assert.ok(migration.probes.ok.length > 0, 'no probe passed through B after the migration');
+
+      const aAfter = await until(
+        () => vmTraces(m.a, vm),
+        (t) => !t.registered && t.openSessions.length === 0 && t.entries === 0 && !t.blocked && t.domain === '' && t.qemu === 0,
+        15_000,
+      );
+      assert.deepEqual(
+        { registered: aAfter.registered, openSessions: aAfter.openSessions, entries: aAfter.entries, blocked: aAfter.blocked, domain: aAfter.domain, qemu: aAfter.qemu },
+        { registered: false, openSessions: [], entries: 0, blocked: false, domain: '', qemu: 0 },
+        `A is not clean after the migration: ${show(aAfter)}\n${logs()}`,
+      );
+      const bAfter = await vmTraces(m.b, vm);
+      assert.equal(bAfter.domain, 'running');
+      assert.equal(bAfter.registered, true);
+      assert.equal(bAfter.blocked, false);
+      // B's migrate begin hook gave the incoming QEMU our object: the next migration from B is a vmstate one.
+      assert.ok((await qemuObjects(m.b, vm)).includes(`ctmigrate-${vm.uuid.slice(0, 8)} child<dbus-vmstate>`), "B's QEMU runs without our dbus-vmstate object");
+      return { maxStallMs: end.maxStallMs, kept: end.kept, blockedMs: migration.blockLastSeenAt - migration.blockSeenAt };
+    } finally {
+      await retire(vm, flows);
+    }
+  }
+
+  it(`moves a plain VM enabled while it runs (enable-vm --live, no restart) by hot attach: ${FLOWS} flows kept, none stalls over ${MAX_STALL_MS} ms`, async function () {
+    const vm = await startPlainEnabledVm('hot');
+    const r = await carriesFlows(vm, 'vmstate-hot', MAX_STALL_MS);
+    say(`vmstate-hot: ${r.kept}/${FLOWS} flows, longest stall ${r.maxStallMs} ms, B blocked ${r.blockedMs}+ ms`);
+    assert.match(m.a.daemonLog(), /cut-over path vmstate-hot/);
+  });
+
+  it(`with the monitor command refused, the event fallback carries the state: ${FLOWS} flows kept, none stalls over ${EVENT_MAX_STALL_MS} ms`, async function () {
+    const vm = await startPlainEnabledVm('event');
+    // An object of another type holds our object's id: QEMU refuses object-add.
+    const id = `ctmigrate-${vm.uuid.slice(0, 8)}`;
+    const put = await m.a.virshOk(['qemu-monitor-command', vm.name, JSON.stringify({ execute: 'object-add', arguments: { 'qom-type': 'secret', id, data: 'x' } })]);
+    assert.doesNotMatch(put, /error/);
+    const r = await carriesFlows(vm, 'event', EVENT_MAX_STALL_MS);
+    say(`event: ${r.kept}/${FLOWS} flows, longest stall ${r.maxStallMs} ms, B blocked ${r.blockedMs}+ ms`);
+    assert.match(m.a.daemonLog(), /cut-over path event: the dbus-vmstate object could not be added: QEMU refused object-add: an object .* of type child<secret> is in the way/);
+  });
+
+  it('a migration libvirt aborts after the hot attach leaves both hosts clean and the source VM running, its QEMU as before', async function () {
+    const vm = await startPlainEnabledVm('hotabort', '192.0.2.22');
+    const ENTRIES = 40;
+    for (let i = 0; i < ENTRIES; i++) {
+      await insert(m.a.ns, ['-p', 'tcp', '-s', vm.address, '-d', '203.0.113.50', '--sport', String(40000 + i), '--dport', '443', '--state', 'ESTABLISHED', '-u', 'SEEN_REPLY,ASSURED', '-t', '600']);
+    }
+    const objectsBefore = await qemuObjects(m.a, vm);
+    const r = await abortedMigration(m, vm, 'domjobabort', say);
+    assert.ok(r.abortedAt > 0, `the abort never happened (${r.what})\n${logs()}`);
+    assert.notEqual(r.exitCode, 0);
+    const aAfter = await until(() => vmTraces(m.a, vm), (t) => t.openSessions.length === 0 && !t.blocked, 15_000);
+    assert.deepEqual(
+      { registered: aAfter.registered, openSessions: aAfter.openSessions, entries: aAfter.entries, blocked: aAfter.blocked, domain: aAfter.domain, qemu: aAfter.qemu },
+      { registered: true, openSessions: [], entries: ENTRIES, blocked: false, domain: 'running', qemu: 1 },
+      `A is not as before the migration: ${show(aAfter)}\n${logs()}`,
+    );
+    const source = (await m.a.status()).sessions.filter((s) => s.vm === vm.uuid).pop();
+    assert.equal(source?.path, 'vmstate-hot');
+    assert.deepEqual(await until(() => qemuObjects(m.a, vm), (o) => o.join() === objectsBefore.join(), 10_000), objectsBefore, "A's QEMU keeps an object the migration added");
+    const bAfter = await until(
+      () => vmTraces(m.b, vm),
+      (t) => !t.registered && t.openSessions.length === 0 && t.entries === 0 && !t.blocked && t.domain === '' && t.qemu === 0,
+      15_000,
+    );
+    assert.deepEqual(
+      { registered: bAfter.registered, openSessions: bAfter.openSessions, entries: bAfter.entries, blocked: bAfter.blocked, domain: bAfter.domain, qemu: bAfter.qemu },
+      { registered: false, openSessions: [], entries: 0, blocked: false, domain: '', qemu: 0 },
+      `B is not clean after the aborted migration: ${show(bAfter)}\n${logs()}`,
+    );
+    await m.a.virshOk(['destroy', vm.name]);
+    await until(() => vmTraces(m.a, vm), (t) => !t.registered && t.domain === '', 10_000);
   });
 
   for (const how of ['kill-destination-qemu', 'domjobabort'] as const) {

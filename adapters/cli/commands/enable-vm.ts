@@ -2,11 +2,13 @@ import { DependencyContainer } from 'tsyringe';
 import { formatAddress, parseAddress } from '../../../plugin/address';
 import { ManagerClient, ManagerClientError } from '../../../plugin/ports/manager-client';
 import { DbusVmStatePort } from '../../dbus/dbus-vmstate-port';
-import { withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
-import { DomainXmlError, readDomain } from '../../libvirt/domain-xml';
+import { CtmigrateMetadata, withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
+import { CTMIGRATE_NS, DomainXmlError, readDomain } from '../../libvirt/domain-xml';
 import { unifiedDiff } from '../../libvirt/unified-diff';
 import { Virsh, VirshError } from '../../libvirt/virsh';
-import { XmlRefusedError } from '../../libvirt/xml-reader';
+import { escapeText, XmlRefusedError } from '../../libvirt/xml-reader';
+import { formatCtMark } from '../../../plugin/ct-mark';
+import { vmSpec, VmSpecError } from '../../../plugin/vm';
 import { Command, CommandIo } from '../command';
 import { parseMark, parseZone } from '../flow-options';
 import { parseOptions } from '../parse-options';
@@ -34,11 +36,83 @@ async function objectArgsFor(c: DependencyContainer, uuid: string, runDir: strin
   }
 }
 
+interface LiveOptions {
+  given: string[];
+  zone?: number;
+  mark?: { value: number; mask: number };
+  require: boolean;
+  dryRun: boolean;
+}
+
+/** The `<ctmigrate:vm>` element for virsh metadata --set (libvirt puts it, and its children, in our namespace). */
+function metadataElement(meta: CtmigrateMetadata): string {
+  const parts = meta.addresses.map((a) => `<address>${escapeText(a)}</address>`);
+  if (meta.zone !== undefined) parts.push(`<zone>${meta.zone}</zone>`);
+  if (meta.mark !== undefined) parts.push(`<mark>${formatCtMark(meta.mark)}</mark>`);
+  if (meta.require) parts.push('<require/>');
+  return `<vm>${parts.join('')}</vm>`;
+}
+
+/** enable-vm --live: metadata on the running domain (and its definition), then register with the daemon. */
+async function enableLive(c: DependencyContainer, io: CommandIo, virsh: Virsh, domain: string, o: LiveOptions): Promise<number> {
+  let facts;
+  let persistent: boolean;
+  try {
+    facts = readDomain(await virsh.liveXml(domain));
+    persistent = await virsh.isPersistent(domain);
+  } catch (e) {
+    if (e instanceof VirshError) throw new CommandError(e.message);
+    if (e instanceof XmlRefusedError || e instanceof DomainXmlError) throw new CommandError(`domain ${domain}: XML refused: ${e.message}; nothing changed`);
+    throw e;
+  }
+  for (const w of facts.warnings) io.stderr.write(`ctmigratectl: ${w}\n`);
+  const addresses = o.given.length ? [...new Set(o.given)] : facts.addresses;
+  if (addresses.length === 0) {
+    throw new CommandError(`domain ${domain} names no addresses (no <ctmigrate:address>, nwfilter IP/IPV6 parameter or <interface><ip>): give them with --address IP`);
+  }
+  const meta: CtmigrateMetadata = { addresses, zone: o.zone ?? facts.zone, mark: o.mark ?? facts.mark, require: o.require || facts.require };
+  let vm;
+  try {
+    vm = vmSpec(facts.uuid, meta.addresses, meta.zone, meta.mark);
+  } catch (e) {
+    if (e instanceof VmSpecError) throw new UsageError(e.message);
+    throw e;
+  }
+  const element = metadataElement(meta);
+  const where = persistent ? 'the running domain and its persistent definition' : 'the running domain (transient: it has no persistent definition)';
+  if (o.dryRun) {
+    io.stdout.write(`would set on ${where}: ${element}\nwould register VM ${facts.uuid} with ctmigrated\n`);
+    return 0;
+  }
+  try {
+    await virsh.setMetadata(domain, { uri: CTMIGRATE_NS, key: 'ctmigrate', xml: element }, { live: true, config: persistent });
+  } catch (e) {
+    if (e instanceof VirshError) throw new CommandError(`${e.message}; nothing changed`);
+    throw e;
+  }
+  io.stderr.write(`ctmigratectl: ctmigrate metadata (${addresses.join(', ')}) set on ${where}; no restart needed\n`);
+  const client = c.resolve<ManagerClient>(ManagerClient);
+  try {
+    await client.register(vm);
+  } catch (e) {
+    if (!(e instanceof ManagerClientError)) throw e;
+    throw new CommandError(
+      `the metadata is set, but the local ctmigrated did not register the VM: ${e.message}; once it runs: ctmigratectl register --vm ${facts.uuid} ${addresses.map((a) => `--address ${a}`).join(' ')}`,
+    );
+  } finally {
+    await client.close().catch(() => undefined);
+  }
+  io.stdout.write(`VM ${facts.uuid} (${facts.name}) enabled live and registered; its next migration carries its connection state\n`);
+  return 0;
+}
+
 export const enableVmCommand: Command = {
   name: 'enable-vm',
   summary: 'add ctmigrate metadata and the dbus-vmstate object to a domain (virsh)',
   help: `Usage: ctmigratectl enable-vm DOMAIN [--address IP]... [--zone N] [--mark V[/M]]
                          [--require] [--dry-run] [--connect URI] [--run-dir DIR]
+       ctmigratectl enable-vm DOMAIN --live [--address IP]... [--zone N] [--mark V[/M]]
+                         [--require] [--dry-run] [--connect URI]
 
 Prepare a libvirt domain for ctmigrate: write our metadata into its
 persistent XML (<metadata><ctmigrate:vm xmlns:ctmigrate="urn:ctmigrate:vm:1">
@@ -47,6 +121,16 @@ with the VM's addresses, zone, mark, and <ctmigrate:require/> with
 so its connection state travels inside the migration. Prints a unified diff
 of the change. The change takes effect the next time the VM starts.
 
+With --live, for a VM that runs now and is not to be restarted: write only
+our metadata, on the running domain and on its persistent definition when
+it has one (virsh metadata --live --config); no <qemu:commandline>. Then
+register the VM with the local ctmigrated, which follows its entries from
+then on. When it migrates, the daemon adds the dbus-vmstate object to the
+running QEMU (hot attach; libvirt then lists the domain as tainted by a
+custom monitor command), or, when that is refused or turned off
+(hot-attach = no), cuts over the moment libvirt reports the VM suspended
+for migration. \`ctmigratectl check\` shows the path each VM will take.
+
 Options:
   -a, --address IP   an address of the VM (repeatable); default: those the XML
                      already names (our metadata, nwfilter IP/IPV6 parameters,
@@ -54,14 +138,16 @@ Options:
   -z, --zone N       the conntrack zone of its entries
   -m, --mark V[/M]   the ct mark of its entries
       --require      fail a migration whose state cannot be carried
+      --live         the running domain, now: metadata only, no restart (see above)
       --dry-run      print the diff only; change nothing
   -c, --connect URI  libvirt URI for virsh (default: virsh's own)
       --run-dir DIR  the daemon's run dir, when the daemon is not running
                      (default: ask the daemon, else ${DEFAULT_RUN_DIR})
 
 Reads and defines the domain with virsh dumpxml --inactive --security-info
-and virsh define. Exit status: 0 done (or nothing to change), 1 virsh or the
-XML refused, 2 bad arguments.
+and virsh define (--live: virsh dumpxml and virsh metadata). Exit status:
+0 done (or nothing to change), 1 virsh, the XML or (--live) the daemon
+refused, 2 bad arguments.
 `,
   async run(args: string[], c: DependencyContainer, io: CommandIo): Promise<number> {
     const { values, positionals } = parseOptions(
@@ -74,6 +160,7 @@ XML refused, 2 bad arguments.
         'dry-run': { type: 'boolean' },
         connect: { type: 'string', short: 'c' },
         'run-dir': { type: 'string' },
+        live: { type: 'boolean' },
       },
       true,
     );
@@ -93,6 +180,10 @@ XML refused, 2 bad arguments.
     if (runDir !== undefined && !runDir.startsWith('/')) throw new UsageError('--run-dir must be an absolute path');
 
     const virsh = new Virsh(values.connect);
+    if (values.live) {
+      if (runDir !== undefined) throw new UsageError('--run-dir has no use with --live (the running daemon registers the VM)');
+      return enableLive(c, io, virsh, domain, { given, zone, mark, require: values.require === true, dryRun: values['dry-run'] === true });
+    }
     try {
       const before = await virsh.dumpInactiveXml(domain);
       const facts = readDomain(before);

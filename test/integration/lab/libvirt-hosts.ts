@@ -203,6 +203,8 @@ export interface CtSession {
   readonly cutoverAt: number;
   readonly readyAt: number;
   readonly error: string;
+  /** vmstate, vmstate-hot, event or hook. */
+  readonly path: string;
 }
 
 /** `ctmigratectl status --json`, the parts tests read. */
@@ -510,6 +512,8 @@ export interface LabDomainSpec {
   /** `-object` value (ctmigratectl vmstate-args on the source); omitted = no qemu:commandline. */
   readonly vmstateObject?: string;
   readonly memoryMiB?: number;
+  /** false: no <metadata> at all (a VM nobody enabled). */
+  readonly metadata?: boolean;
 }
 
 function xmlAttr(s: string): string {
@@ -534,11 +538,15 @@ export function labDomainXml(spec: LabDomainSpec): string {
   return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${xmlAttr(spec.name)}</name>
   <uuid>${spec.uuid}</uuid>
-  <metadata>
+${
+  spec.metadata === false
+    ? ''
+    : `  <metadata>
     <ctmigrate:vm xmlns:ctmigrate="urn:ctmigrate:vm:1">
 ${addresses}    </ctmigrate:vm>
   </metadata>
-  <memory unit='MiB'>${spec.memoryMiB ?? 32}</memory>
+`
+}  <memory unit='MiB'>${spec.memoryMiB ?? 32}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -729,6 +737,20 @@ export class LibvirtMigrationLab {
       this.client.execOk('ip', ['route', 'replace', '192.0.2.0/24', 'via', LAB_ADDR.bToClient, 'src', LAB_ADDR.client]),
     ]);
   }
+
+  /**
+   * Back to the start, for the next VM: its network through A again, and
+   * neither host holding an entry of the VM's address (the previous VM's).
+   */
+  async resetVmNetwork(): Promise<void> {
+    await Promise.all([
+      this.vmNet.execOk('ip', ['-batch', '-'], { input: `link set eth-a up\nroute replace default via ${LAB_ADDR.gateway} dev eth-a onlink src ${LAB_ADDR.vm}\n` }),
+      this.client.execOk('ip', ['route', 'replace', '192.0.2.0/24', 'via', LAB_ADDR.aToClient, 'src', LAB_ADDR.client]),
+    ]);
+    for (const ns of [this.a.ns, this.b.ns]) {
+      for (const dir of ['-s', '-d', '-r', '-q']) await ns.exec('conntrack', ['-D', dir, LAB_ADDR.vm]);
+    }
+  }
 }
 
 /** ctmigrated's drop tables on a host (every family): the addresses they hold and the packets they dropped. */
@@ -856,6 +878,23 @@ export async function startLabVm(host: LibvirtHost, vm: LabVm): Promise<string> 
   const xml = labDomainXml({ name: vm.name, uuid: vm.uuid, addresses: [vm.address], vmstateObject: object });
   await createDomain(host, xml, vm.name);
   return xml;
+}
+
+/**
+ * Starts the VM on `host` from plain XML, as a VM nobody prepared for
+ * ctmigrate: no metadata, no <qemu:commandline>. Returns the domain XML used.
+ */
+export async function startPlainVm(host: LibvirtHost, vm: LabVm): Promise<string> {
+  const xml = labDomainXml({ name: vm.name, uuid: vm.uuid, addresses: [], metadata: false });
+  await createDomain(host, xml, vm.name);
+  return xml;
+}
+
+/** The objects under /objects in the VM's running QEMU (QMP qom-list), as "name type". */
+export async function qemuObjects(host: LibvirtHost, vm: LabVm): Promise<string[]> {
+  const out = await host.virshOk(['qemu-monitor-command', vm.name, JSON.stringify({ execute: 'qom-list', arguments: { path: '/objects' } })]);
+  const reply = JSON.parse(out) as { return?: Array<{ name: string; type: string }> };
+  return (reply.return ?? []).map((o) => `${o.name} ${o.type}`).sort();
 }
 
 /** `virsh migrate --live --p2p VM qemu+tcp://B/system --migrateuri tcp://B` from A. */

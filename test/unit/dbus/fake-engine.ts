@@ -73,6 +73,7 @@ export function sampleSession(over: Partial<SessionInfo> = {}): SessionInfo {
     cutoverAt: 0,
     readyAt: 0,
     error: '',
+    path: '',
     ...over,
   };
 }

@@ -5,6 +5,9 @@ import { HostAddressesPort } from '../../../plugin/ports/host-addresses-port';
 import { HostVmsPort } from '../../../plugin/ports/host-vms-port';
 import { FakeHostVms, FakeJournal } from './fakes/fake-journal';
 import { FakeRegistry } from './fakes/fake-registry';
+import { FakeHypervisor } from './fakes/fake-hypervisor';
+import { DomainEventsPort } from '../../../plugin/ports/domain-events-port';
+import { VmstateObjectPort } from '../../../plugin/ports/vmstate-object-port';
 import { container } from 'tsyringe';
 import { parseAddress } from '../../../plugin/address';
 import { DaemonConfig, defaultConfig } from '../../../plugin/daemon-config';
@@ -60,6 +63,7 @@ export interface Host {
   registry: FakeRegistry;
   journal: FakeJournal;
   hostVms: FakeHostVms;
+  hypervisor: FakeHypervisor;
 }
 
 /** Wraps the fakes of some ports before the engine gets them (the way the composition root wraps real ports). */
@@ -112,11 +116,14 @@ export async function startHost(
   c.register(HostVmsPort, { useValue: hostVms });
   // The host's own address, plus loopback, as getifaddrs lists them.
   c.register(HostAddressesPort, { useValue: { addresses: () => [ip, '127.0.0.1', '::1'] } });
+  const hypervisor = new FakeHypervisor();
+  c.register(VmstateObjectPort, { useValue: hypervisor });
+  c.register(DomainEventsPort, { useValue: hypervisor });
   const engine = c.resolve(MigrationEngine);
   const events: ServiceEvent[] = [];
   engine.subscribe((e) => events.push(e));
   const address = await engine.start();
-  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config, registry, journal, hostVms };
+  return { name, ip, address, peerText: `${ip}:${PORT}`, kernel, conntrack, feeds, blocker, vmstate, log, engine, events, trace, config, registry, journal, hostVms, hypervisor };
 }
 
 /** The states a host's session of `role` went through, from its state-changed events. */

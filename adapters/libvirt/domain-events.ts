@@ -1,0 +1,106 @@
+// libvirt's lifecycle events through its own client: one long-running
+// `virsh event --loop --event lifecycle` for every domain on the host, so no
+// extra daemon (libvirt-dbus) is needed. Lines look like
+//   event 'lifecycle' for domain 'NAME': Suspended Migrated
+// and name the domain, not its UUID: each subscription resolves its UUID to
+// the name first. On the source, "Suspended Migrated" is printed when QEMU
+// pauses the VM for the last copy, before the destination resumes it.
+
+import { ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { DomainEventsPort } from '../../plugin/ports/domain-events-port';
+import { Log } from '../../plugin/ports/log-port';
+import { Virsh } from './virsh';
+
+const LINE = /^event 'lifecycle' for domain '(.*)': (\S+) (\S+)\s*$/;
+
+/**
+ * virsh registers its callback after connecting and says nothing until an
+ * event comes: a watcher still running this long after its start has done so
+ * (one that cannot connect exits at once).
+ */
+const SETTLE_MS = 300;
+/** Pause before a watcher that died (libvirtd restarted) is started again. */
+const RESTART_MS = 1000;
+
+/** virsh writes to a pipe in blocks; stdbuf makes it write each event's line at once. */
+function stdbuf(): string | undefined {
+  return ['/usr/bin/stdbuf', '/bin/stdbuf'].find((p) => existsSync(p));
+}
+
+export class LibvirtDomainEvents implements DomainEventsPort {
+  private child: ChildProcess | null = null;
+  private following: Promise<void> | null = null;
+  private readonly byName = new Map<string, Set<() => void>>();
+  private restart: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly uri: string,
+    private readonly virsh: Virsh,
+    private readonly log?: Log,
+  ) {}
+
+  async onMigrationPause(uuid: string, paused: () => void): Promise<() => void> {
+    if (this.closed) throw new Error('domain events are closed');
+    const name = await this.virsh.domainName(uuid, 3000);
+    await this.follow();
+    let set = this.byName.get(name);
+    if (!set) this.byName.set(name, (set = new Set()));
+    const listener = (): void => paused();
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.byName.get(name) === set) this.byName.delete(name);
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.restart) clearTimeout(this.restart);
+    this.byName.clear();
+    this.child?.kill('SIGTERM');
+    this.child = null;
+  }
+
+  /** The watcher, started once and kept: resolves once it listens, rejects when it cannot. */
+  private follow(): Promise<void> {
+    if (this.following) return this.following;
+    const argv = ['virsh', '-c', this.uri, 'event', '--loop', '--event', 'lifecycle'];
+    const buf = stdbuf();
+    const child = buf ? spawn(buf, ['-oL', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    let stderr = '';
+    child.stderr?.on('data', (b: Buffer) => {
+      if (stderr.length < 4096) stderr += b.toString('utf8');
+    });
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => this.onLine(line));
+    const following = new Promise<void>((resolve, reject) => {
+      const settled = setTimeout(resolve, SETTLE_MS);
+      const gone = (why: string): void => {
+        clearTimeout(settled);
+        if (this.child === child) this.child = null;
+        if (this.following === following) this.following = null;
+        reject(new Error(why));
+        if (this.closed || this.byName.size === 0) return;
+        this.log?.warn(`libvirt's event stream ended (${why}); following it again in ${RESTART_MS} ms`);
+        this.restart = setTimeout(() => {
+          this.restart = null;
+          if (!this.closed) this.follow().catch(() => undefined);
+        }, RESTART_MS);
+      };
+      child.on('error', (e: NodeJS.ErrnoException) => gone(e.code === 'ENOENT' ? 'virsh not found (install libvirt-clients)' : `cannot run virsh: ${e.message}`));
+      child.on('exit', (code, signal) => gone(`virsh event ${signal ? `killed by ${signal}` : `exited ${code}`}${stderr.trim() ? `: ${stderr.trim().split('\n')[0]}` : ''}`));
+    });
+    following.catch(() => undefined);
+    this.following = following;
+    return following;
+  }
+
+  private onLine(line: string): void {
+    const m = LINE.exec(line);
+    if (!m || m[2] !== 'Suspended' || m[3] !== 'Migrated') return;
+    for (const l of this.byName.get(m[1] as string) ?? []) l();
+  }
+}
