@@ -12,6 +12,8 @@ import { formatPeerAddress, PeerAddress } from '../../plugin/ports/peer-port';
 import { parseAddress } from '../../plugin/address';
 import { conntrackEventsSetting } from '../conntrack/event-sysctl';
 import { loadCredentials } from '../peer/tls-credentials';
+import { readDomain } from '../libvirt/domain-xml';
+import { Virsh } from '../libvirt/virsh';
 
 /** One line of `check`. */
 export interface CheckResult {
@@ -214,4 +216,73 @@ export function checkLibvirt(hookPath: string): CheckResult {
     };
   }
   return { item, ok: true, detail: `${names} running${installedAt ? ', started after the hook was installed' : ''}` };
+}
+
+/** Whether a QEMU binary has the dbus-vmstate object type (`-object help` lists it). */
+async function qemuHasDbusVmstate(emulator: string): Promise<boolean | undefined> {
+  const r = await run(emulator, ['-object', 'help'], 5000);
+  if (r.missing || r.code !== 0) return undefined;
+  return /^\s*dbus-vmstate\s*$/m.test(r.stdout);
+}
+
+/**
+ * For each running domain with our metadata: which path its next migration
+ * takes (cutover-path.ts), as this host's daemon would choose it, and
+ * whether the daemon has it registered (without, its state is not carried).
+ */
+export async function checkVmPaths(config: DaemonConfig, client: ManagerClient): Promise<CheckResult[]> {
+  const virsh = new Virsh(config.libvirtUri);
+  let uuids: string[];
+  try {
+    uuids = await virsh.runningDomains(10_000);
+  } catch (e) {
+    return [{ item: 'VM paths', ok: false, detail: `cannot list the running domains (${config.libvirtUri}): ${message(e)}`, fix: 'start libvirtd, or set libvirt-uri in the config' }];
+  }
+  const registered = await client.status().then(
+    (s) => new Set(s.vms.map((v) => v.uuid)),
+    () => undefined,
+  );
+  const qemuTypes = new Map<string, Promise<boolean | undefined>>();
+  const results: CheckResult[] = [];
+  for (const uuid of uuids) {
+    let xml: string;
+    try {
+      xml = await virsh.liveXml(uuid, 10_000);
+    } catch {
+      continue; // stopped meanwhile
+    }
+    let facts;
+    try {
+      facts = readDomain(xml);
+    } catch (e) {
+      results.push({ item: `VM ${uuid}`, ok: false, detail: `domain XML refused: ${message(e)}` });
+      continue;
+    }
+    if (!facts.metadata) continue;
+    const item = `VM ${facts.name}`;
+    let path: string;
+    if (facts.vmstateObjects.some((o) => o.ours)) path = 'vmstate (its QEMU has the dbus-vmstate object)';
+    else {
+      const emulator = /<emulator>\s*([^<\s]+)\s*<\/emulator>/.exec(xml)?.[1];
+      let has: Promise<boolean | undefined> = Promise.resolve(undefined);
+      if (emulator) {
+        if (!qemuTypes.has(emulator)) qemuTypes.set(emulator, qemuHasDbusVmstate(emulator));
+        has = qemuTypes.get(emulator) as Promise<boolean | undefined>;
+      }
+      if (!config.hotAttach) path = 'event (hot-attach = no: cut over when libvirt reports it suspended for migration)';
+      else if ((await has) === false) path = `event (${emulator} has no dbus-vmstate object type: cut over when libvirt reports it suspended for migration)`;
+      else path = 'vmstate-hot (the dbus-vmstate object is added to its running QEMU when the migration starts; libvirt marks the domain tainted)';
+    }
+    if (registered === undefined) results.push({ item, ok: true, detail: `next migration: ${path}; ctmigrated not reachable to say whether it is registered` });
+    else if (registered.has(facts.uuid)) results.push({ item, ok: true, detail: `registered; next migration: ${path}` });
+    else
+      results.push({
+        item,
+        ok: false,
+        detail: `has ctmigrate metadata but ctmigrated does not have it registered: its state would not be carried`,
+        fix: `ctmigratectl enable-vm ${facts.name} --live`,
+      });
+  }
+  if (results.length === 0) results.push({ item: 'VM paths', ok: true, detail: `no running domain with ctmigrate metadata (${uuids.length} running)` });
+  return results;
 }

@@ -10,6 +10,7 @@
  *   --churn N       flows closed and opened during pre-copy (default flows/10)
  *   --kernel-only   the earlier demo: dump and load the kernel's entries
  *   --libvirt       the same through two real libvirtd hosts and the hook
+ *   --plain         with --libvirt: also VMs nobody prepared (enable-vm --live)
  */
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
@@ -30,10 +31,10 @@ async function oneRun(mode: 'control' | 'vmstate', flows: number, churn: number,
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { flows: { type: 'string' }, churn: { type: 'string' }, 'kernel-only': { type: 'boolean' }, libvirt: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { flows: { type: 'string' }, churn: { type: 'string' }, 'kernel-only': { type: 'boolean' }, libvirt: { type: 'boolean' }, plain: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) {
-    process.stdout.write('Usage: node dist/test/demo/migration-demo.js [--flows N] [--churn N] [--kernel-only | --libvirt]\n');
+    process.stdout.write('Usage: node dist/test/demo/migration-demo.js [--flows N] [--churn N] [--kernel-only | --libvirt [--plain]]\n');
     return 0;
   }
   if (values['kernel-only']) {
@@ -49,7 +50,11 @@ async function main(): Promise<number> {
     process.stderr.write(`demo: --flows must be 1..5000, got ${values.flows}\n`);
     return 2;
   }
-  if (values.libvirt) return (await import('./libvirt-demo')).runLibvirtDemo({ flows });
+  if (values.plain && !values.libvirt) {
+    process.stderr.write('demo: --plain goes with --libvirt\n');
+    return 2;
+  }
+  if (values.libvirt) return (await import('./libvirt-demo')).runLibvirtDemo({ flows, plain: values.plain === true });
   const churn = Number(values.churn ?? Math.floor(flows / 10));
   if (!Number.isInteger(churn) || churn < 0 || churn > flows) {
     process.stderr.write(`demo: --churn must be 0..${flows}, got ${values.churn}\n`);

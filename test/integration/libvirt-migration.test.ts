@@ -296,6 +296,9 @@ describe('live migration through libvirt (two libvirtd hosts, hook, ctmigrated, 
 
   it(`moves a plain VM enabled while it runs (enable-vm --live, no restart) by hot attach: ${FLOWS} flows kept, none stalls over ${MAX_STALL_MS} ms`, async function () {
     const vm = await startPlainEnabledVm('hot');
+    // `check` tells the operator which path the next migration takes.
+    const check = await m.a.ctl(['check', '--config', '/dev/null', '--libvirt-uri', m.a.uri]);
+    assert.match(check.stdout, new RegExp(`^OK   VM ${vm.name}: registered; next migration: vmstate-hot`, 'm'), check.stdout);
     const r = await carriesFlows(vm, 'vmstate-hot', MAX_STALL_MS);
     say(`vmstate-hot: ${r.kept}/${FLOWS} flows, longest stall ${r.maxStallMs} ms, B blocked ${r.blockedMs}+ ms`);
     assert.match(m.a.daemonLog(), /cut-over path vmstate-hot/);

@@ -14,6 +14,7 @@ import {
   checkLibvirt,
   checkNft,
   checkPeers,
+  checkVmPaths,
   DEFAULT_HOOK_PATH,
 } from '../host-checks';
 import { UsageError } from '../usage-error';
@@ -52,6 +53,9 @@ item, OK or FAIL, with what to do about each failure:
   peers              each configured peer accepts a connection
   libvirt hook       ${DEFAULT_HOOK_PATH} is installed, executable, runs
   libvirt            libvirtd/virtqemud runs and started after the hook
+  VM NAME            each running domain with ctmigrate metadata: registered with
+                     ctmigrated, and the path its next migration takes (vmstate,
+                     vmstate-hot, event; see ctmigrated --hot-attach)
 The configuration is read as ctmigrated reads it (/etc/ctmigrate/ctmigrate.conf,
 or --config, and flags). --hook checks another hook path. Run as root.
 Exit status: 0 everything OK, 1 something failed, 2 bad arguments.
@@ -74,6 +78,7 @@ Exit status: 0 everything OK, 1 something failed, 2 bad arguments.
       for (const r of await checkPeers(config)) show(r);
       show(await checkHook(hook));
       show(checkLibvirt(hook));
+      for (const r of await checkVmPaths(config, client)) show(r);
     } finally {
       await client.close().catch(() => undefined);
     }

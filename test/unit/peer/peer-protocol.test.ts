@@ -143,6 +143,9 @@ describe('peer protocol codec', () => {
       const v = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
       assert.match(protocolError(frame(MessageKind.Ack, [...v, ...v, ...v])).message, /beyond 2\^53/);
       assert.match(protocolError(frame(MessageKind.Changes, [0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1])).message, /backwards range/);
+      const offer = Buffer.from(encodeFrameBytes({ kind: MessageKind.Offer, sessionId: 's', vm: '6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b', addresses: [], snapshotVersion: 1, announcedEntries: null, resumeFrom: null, cutoverPath: 'hook' }));
+      offer[offer.length - 1] = 9;
+      assert.match(protocolError(offer).message, /cut-over path 9/);
     });
 
     it('throws nothing but PeerProtocolError for random bytes (fuzz)', () => {

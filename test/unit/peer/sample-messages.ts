@@ -20,6 +20,8 @@ export function sampleMessages(): PeerMessage[] {
       resumeFrom: null,
     },
     { kind: MessageKind.Offer, sessionId: 's-1', vm: VM, addresses: [], zone: 0, snapshotVersion: 9, announcedEntries: null, resumeFrom: 5 },
+    { kind: MessageKind.Offer, sessionId: 's-3', vm: VM, addresses: ['192.0.2.10'], snapshotVersion: 1, announcedEntries: 2, resumeFrom: null, cutoverPath: 'vmstate-hot' },
+    { kind: MessageKind.Offer, sessionId: 's-4', vm: VM, addresses: [], snapshotVersion: 1, announcedEntries: null, resumeFrom: null, cutoverPath: 'hook' },
     { kind: MessageKind.SnapshotChunk, seq: 0, last: false, bytes },
     { kind: MessageKind.SnapshotChunk, seq: 41, last: true, bytes: new Uint8Array(0) },
     { kind: MessageKind.Changes, from: 100, to: 250, bytes },
