@@ -73,7 +73,15 @@ export class SourceMigration {
   private async read(): Promise<void> {
     try {
       for await (const m of this.conn) {
-        if (m.kind === MessageKind.Close) continue;
+        if (m.kind === MessageKind.Close) {
+          // The destination rolled back (its QEMU died, libvirt cancelled, an
+          // operator aborted): the VM stays here, with its entries. After the
+          // cut-over nothing else would end this session (libvirt calls no
+          // hook on a source after a failed migration), and a hot-attached
+          // object would stay in the QEMU that keeps running.
+          if (m.reason === CloseReason.Failed) void this.end(`the destination ended the session: ${m.text || 'failed'}`);
+          continue;
+        }
         const text = `sent ${MessageKind[m.kind]} inside a session; connection closed`;
         this.log.warn(`destination ${formatPeerAddress(this.conn.remote)} ${text}`, { vm: this.vm.uuid, session: this.session.id });
         this.conn.destroy(new Error(`destination ${formatPeerAddress(this.conn.remote)} ${text}`));

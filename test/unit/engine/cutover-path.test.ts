@@ -47,6 +47,23 @@ describe('migration engine: the source chooses its cut-over path before the offe
     assert.deepEqual(a.hypervisor.calls, [`present ${VM_UUID}`, `add ${VM_UUID}`, `remove ${VM_UUID}`]);
   });
 
+  it('vmstate-hot: a destination that rolls back after the cut-over ends the source session too, and the object goes', async () => {
+    await hosts();
+    a.hypervisor.everyVmHasObject = false;
+    await b.engine.prepareIncoming(vm, { source: a.peerText });
+    await clock.run(0);
+    const blob = await a.vmstate.save(VM_UUID);
+    await b.vmstate.load(VM_UUID, blob);
+    assert.equal(sessionOf(a).state, 'cutover');
+    // libvirt failed the migration after QEMU's last copy: B's QEMU stopped, its hook finishes as failed.
+    await b.engine.finish(VM_UUID, 'failed');
+    await clock.run(0);
+    assert.equal(sessionOf(a).state, 'failed');
+    assert.match(sessionOf(a).error, /the destination ended the session/);
+    assert.ok(!a.hypervisor.attached.has(VM_UUID), "A's QEMU runs on without the object");
+    assert.equal(a.kernel.texts(vmOnly).length, vmFlows().length, 'A keeps every entry');
+  });
+
   it('vmstate-hot: after a migration that succeeded nothing is sent to the QEMU that is gone', async () => {
     await hosts();
     a.hypervisor.everyVmHasObject = false;
