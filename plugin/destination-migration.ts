@@ -23,6 +23,22 @@ export interface DestinationSettings {
   onBlockTimeout: 'open' | 'block';
   /** How long to wait for the source's Offer. */
   offerTimeoutMs: number;
+  /**
+   * Dial the source again and ask it to go on after `lastVersion` (a
+   * Resume, answered by an Offer that says so); absent: a lost link ends
+   * the session. Rejects with ResumeRefusedError when the source cannot.
+   */
+  resume?: (lastVersion: number) => Promise<PeerConnection>;
+  /** Pause between two tries to resume (default 1 s). */
+  resumeRetryMs?: number;
+}
+
+/** The source answered a Resume with "cannot": trying again is no use. */
+export class ResumeRefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ResumeRefusedError';
+  }
 }
 
 const TCP_ESTABLISHED = 3;
@@ -113,7 +129,7 @@ export class DestinationMigration {
   constructor(
     readonly session: Session,
     readonly vm: VmSpec,
-    private readonly conn: PeerConnection,
+    private conn: PeerConnection,
     private readonly conntrack: ConntrackPort,
     private readonly blocker: BlockerPort,
     private readonly clock: Clock,
@@ -168,7 +184,13 @@ export class DestinationMigration {
     const inFlight: Promise<number>[] = [];
     try {
       for (;;) {
-        const m: PeerMessage = await this.conn.receive();
+        let m: PeerMessage;
+        try {
+          m = await this.conn.receive();
+        } catch (e) {
+          await this.reconnect(e);
+          continue;
+        }
         // A failure from outside (abort, stop) may have rolled back meanwhile: never touch the table again.
         if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
         if (m.kind === MessageKind.SnapshotChunk) {
@@ -258,6 +280,45 @@ export class DestinationMigration {
       else this.log.info('peer connection ended after the final delta', { vm: this.vm.uuid, session: this.session.id });
     }
     await this.conn.close().catch(() => undefined);
+  }
+
+  /**
+   * The link to the source failed under a receive. After the snapshot, and
+   * before the final delta, the session resumes over a new connection from
+   * the last version it applied: tried every second until the block
+   * timeout has passed since the loss (the drop stays meanwhile). Anything
+   * else rethrows the failure, which ends the session.
+   */
+  private async reconnect(failure: unknown): Promise<void> {
+    // A receive fails with its connection; a connection still open failed for another reason.
+    const info = await Promise.race([this.conn.closed, new Promise<null>((r) => this.clock.after(1000, () => r(null)))]);
+    if (info === null) throw failure;
+    const resume = this.settings.resume;
+    if (this.ended || !resume || !this.progress.snapshotApplied || this.final || info.error === null) throw failure;
+    const why = info.error.message;
+    const from = this.session.info.version;
+    const deadline = this.clock.now() + this.settings.blockTimeoutMs;
+    const fields = { vm: this.vm.uuid, session: this.session.id, from };
+    this.log.warn(`peer link to the source lost (${why}); resuming from version ${from}, the drop stays`, fields);
+    let last = why;
+    for (let attempt = 1; ; attempt++) {
+      if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
+      try {
+        const conn = await resume(from);
+        if (this.ended) {
+          conn.destroy();
+          throw new Error(`session ${this.session.id} ended; nothing more is imported`);
+        }
+        this.conn = conn;
+        this.log.info('session resumed', { ...fields, attempts: attempt });
+        return;
+      } catch (e) {
+        if (e instanceof ResumeRefusedError) throw new Error(`peer link lost (${why}) and the source cannot resume: ${e.message}`);
+        last = (e as Error).message;
+      }
+      if (this.clock.now() >= deadline) throw new Error(`peer link lost (${why}) and not resumed within ${this.settings.blockTimeoutMs / 1000} s (last try: ${last})`);
+      await new Promise<void>((r) => this.clock.after(this.settings.resumeRetryMs ?? 1000, r));
+    }
   }
 
   private noteReady(): void {

@@ -1,8 +1,8 @@
 import { inject, injectable } from 'tsyringe';
 import { DaemonConfig, parsePeerAddress } from './daemon-config';
-import { DestinationMigration, FinalTimeoutError } from './destination-migration';
+import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
 import { MigrationService, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
-import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, StartMessage } from './peer-protocol';
+import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, ResumeMessage, StartMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
 import { ConnectionFeed } from './ports/connection-feed';
@@ -39,6 +39,8 @@ export const RETRACK_AFTER_MS = 2000;
  * path: the destination's prepare (and libvirt's migration) waits on it.
  */
 const CUTOVER_SETUP_TIMEOUT_MS = 3000;
+/** How much longer a source waits for a resume than its destination tries. */
+const RESUME_SLACK_MS = 5000;
 /** How long a peer may take to say what it wants after the handshake. */
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 
@@ -323,8 +325,9 @@ export class MigrationEngine implements MigrationService {
     }
     session.update({ blocked: true });
     let conn: PeerConnection;
+    let at: PeerAddress;
     try {
-      const at = source ?? (await this.findSource(vm.uuid));
+      at = source ?? (await this.findSource(vm.uuid));
       session.update({ peer: formatPeerAddress(at) });
       conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000 });
     } catch (e) {
@@ -340,6 +343,7 @@ export class MigrationEngine implements MigrationService {
       blockTimeoutMs: this.config.blockTimeoutMs,
       onBlockTimeout: this.config.onBlockTimeout,
       offerTimeoutMs: 30_000,
+      resume: (lastVersion) => this.resumeAt(at, session, vm, lastVersion),
     }, this.journal);
     this.destinations.set(vm.uuid, migration);
     let offer;
@@ -396,9 +400,7 @@ export class MigrationEngine implements MigrationService {
         return;
       }
       if (first.kind === MessageKind.Start) return await this.startSource(conn, first);
-      if (first.kind === MessageKind.Resume) {
-        return await this.refuse(conn, PeerErrorCode.CannotResume, `cannot resume session ${first.sessionId}: this source restarts sessions from a snapshot`);
-      }
+      if (first.kind === MessageKind.Resume) return await this.resumeSource(conn, first);
       await this.refuse(conn, PeerErrorCode.Protocol, `expected Start or WhoHas, got ${MessageKind[first.kind]}`);
     } catch (e) {
       this.log.warn(`peer ${formatPeerAddress(conn.remote)}: ${(e as Error).message}`);
@@ -440,6 +442,8 @@ export class MigrationEngine implements MigrationService {
     const migration = new SourceMigration(session, vm, conn, tracker, this.conntrack, this.clock, this.log, {
       tableCapacity: this.config.tableCapacity,
       changeIntervalMs: this.config.changeIntervalMs,
+      // A destination tries to resume until its block timeout (the same setting on every host, as a rule).
+      resumeGraceMs: this.config.blockTimeoutMs + RESUME_SLACK_MS,
       onClosed: (migrated) => {
         void arranged?.then((a) => a.release(migrated)).catch((e: Error) => this.log.warn(`cut-over set-up not undone: ${e.message}`, { vm: vm.uuid }));
       },
@@ -462,6 +466,45 @@ export class MigrationEngine implements MigrationService {
       await migration.start(start);
     } catch (e) {
       await migration.end(`pre-copy failed: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * A destination whose link was lost comes back for its session. Only the
+   * host the session was with may resume it, and only while the source
+   * still streams (after the snapshot, before the final delta).
+   */
+  private async resumeSource(conn: PeerConnection, m: ResumeMessage): Promise<void> {
+    const s = this.sources.get(m.vm);
+    if (!s || s.session.id !== m.sessionId || s.session.over) return this.refuse(conn, PeerErrorCode.CannotResume, `no session ${m.sessionId} of VM ${m.vm} to resume here`);
+    if (s.session.state !== 'streaming') return this.refuse(conn, PeerErrorCode.CannotResume, `session ${m.sessionId} is in state ${s.session.state}; only a streaming session resumes`);
+    const host = parsePeerAddress(s.session.info.peer).host;
+    if (canonicalAddressText(host) !== canonicalAddressText(conn.remote.host))
+      return this.refuse(conn, PeerErrorCode.Refused, `session ${m.sessionId} belongs to ${host}, not ${conn.remote.host}`);
+    try {
+      await s.resume(conn, m.lastVersion);
+      s.session.update({ peer: formatPeerAddress(conn.remote) });
+    } catch (e) {
+      await this.refuse(conn, PeerErrorCode.CannotResume, (e as Error).message);
+    }
+  }
+
+  /** Dial the source again for a session whose link was lost; resolves with the connection its Offer came on. */
+  private async resumeAt(at: PeerAddress, session: Session, vm: VmSpec, lastVersion: number): Promise<PeerConnection> {
+    const conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: WHO_HAS_TIMEOUT_MS });
+    try {
+      await conn.send({ kind: MessageKind.Resume, sessionId: session.id, vm: vm.uuid, lastVersion });
+      const m = await conn.receive(WHO_HAS_TIMEOUT_MS);
+      if (m.kind === MessageKind.Error) {
+        if (m.code === PeerErrorCode.CannotResume || m.code === PeerErrorCode.Refused) throw new ResumeRefusedError(m.text);
+        throw new Error(`source reported: ${m.text}`);
+      }
+      if (m.kind !== MessageKind.Offer || m.sessionId !== session.id || m.vm !== vm.uuid || m.resumeFrom !== lastVersion)
+        throw new ResumeRefusedError(`source answered the resume with ${MessageKind[m.kind]}${m.kind === MessageKind.Offer ? ` from version ${m.resumeFrom}` : ''}`);
+      return conn;
+    } catch (e) {
+      conn.destroy();
+      throw e;
     }
   }
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
 import { CutoverPath } from './cutover-path';
-import { CloseReason, MessageKind, StartMessage } from './peer-protocol';
+import { CloseReason, MessageKind, PeerErrorCode, resumeProblem, StartMessage } from './peer-protocol';
 import { Clock } from './ports/clock';
 import { Feed } from './ports/connection-feed';
 import { ConntrackPort } from './ports/conntrack-port';
@@ -9,7 +9,7 @@ import { Log } from './ports/log-port';
 import { formatPeerAddress, PeerConnection } from './ports/peer-port';
 import { Session } from './session';
 import { DEFAULT_CHUNK_BYTES, encodeTable, encodeTableToBuffer } from './snapshot-encoder';
-import { VmSpec } from './vm';
+import { VmSpec, vmAddressTexts } from './vm';
 import { VmTracker } from './vm-tracker';
 import { VmStateReference } from './vmstate-reference';
 
@@ -18,6 +18,11 @@ export interface SourceSettings {
   changeIntervalMs: number;
   /** Told once when the session is over (`migrated`: the VM runs on the destination now). */
   onClosed?: (migrated: boolean) => void;
+  /**
+   * How long a session whose peer link was lost during pre-copy waits for
+   * its destination to resume it; 0 (default): it ends at once.
+   */
+  resumeGraceMs?: number;
 }
 
 /** Room kept free in a frame for the message header around codec bytes. */
@@ -42,26 +47,105 @@ export class SourceMigration {
   private work: Promise<unknown> = Promise.resolve();
   private cancelTick: (() => void) | null = null;
   private ended = false;
+  /** Highest version the destination has acknowledged as committed (any connection of the session). */
+  private acked = 0;
+  /** Tombstones up to this version are gone: a resume must start at or after it. */
+  private reclaimedTo = 0;
+  /** Version of the snapshot this session shipped. */
+  private snapshotVersion = Number.MAX_SAFE_INTEGER;
+  /** The peer link was lost during pre-copy: cancels the wait for a resume. */
+  private cancelGrace: (() => void) | null = null;
 
   constructor(
     readonly session: Session,
     readonly vm: VmSpec,
-    private readonly conn: PeerConnection,
+    private conn: PeerConnection,
     private readonly tracker: VmTracker,
     private readonly conntrack: ConntrackPort,
     private readonly clock: Clock,
     private readonly log: Log,
     private readonly settings: SourceSettings,
   ) {
-    void conn.closed.then((info) => {
-      if (this.ended) return;
-      // Before cut-over the destination cannot have everything: nothing to undo here.
-      if (this.session.state !== 'cutover') {
-        const why = info.error ? info.error.message : 'the destination closed the connection';
-        void this.end(`peer connection lost before cut-over: ${why}`);
-      }
+    this.watch(conn);
+  }
+
+  /** Whether the session waits for its destination to resume it over a new connection. */
+  get detached(): boolean {
+    return this.cancelGrace !== null;
+  }
+
+  /** Follow one connection of the session: its messages, its acks, its end. */
+  private watch(conn: PeerConnection): void {
+    conn.onAck((a) => {
+      if (a.committed > this.acked) this.acked = a.committed;
     });
-    void this.read();
+    void conn.closed.then((info) => {
+      if (this.ended || conn !== this.conn) return;
+      // Before cut-over the destination cannot have everything: nothing to undo here.
+      if (this.session.state === 'cutover') return;
+      const why = info.error ? info.error.message : 'the destination closed the connection';
+      // A link lost after the snapshot (a partition, a reset) may come back:
+      // the destination resumes from what it acknowledged.
+      // Only a destination that has the whole snapshot in can resume (it says so by acknowledging its version).
+      if (info.error && this.session.state === 'streaming' && this.acked >= this.snapshotVersion && (this.settings.resumeGraceMs ?? 0) > 0) this.detach(why);
+      else void this.end(`peer connection lost before cut-over: ${why}`);
+    });
+    void this.read(conn);
+  }
+
+  private detach(why: string): void {
+    if (this.cancelGrace) return;
+    this.cancelTick?.();
+    this.cancelTick = null;
+    const grace = this.settings.resumeGraceMs ?? 0;
+    this.log.warn(`peer connection lost during pre-copy (${why}); waiting ${Math.round(grace / 1000)} s for the destination to resume`, { vm: this.vm.uuid, session: this.session.id });
+    this.cancelGrace = this.clock.after(grace, () => {
+      this.cancelGrace = null;
+      void this.end(`peer connection lost before cut-over: ${why}; not resumed within ${Math.round(grace / 1000)} s`);
+    });
+  }
+
+  /**
+   * The destination came back over `conn` and asks to go on after
+   * `lastVersion`: answer with an Offer that says so, then ship the changes
+   * since. Refused (and the session ended) when the tombstones it would
+   * need are gone. A link that still looks alive here is the old one,
+   * dead on the other side: it is dropped.
+   */
+  async resume(conn: PeerConnection, lastVersion: number): Promise<void> {
+    if (this.ended || this.final || !this.table) throw new Error(`session ${this.session.id} is ${this.session.state}; it cannot be resumed`);
+    const old = this.conn;
+    this.cancelGrace?.();
+    this.cancelGrace = null;
+    this.cancelTick?.();
+    this.cancelTick = null;
+    this.conn = conn;
+    old.destroy(new Error('the destination resumed the session over a new connection'));
+    const problem = resumeProblem(lastVersion, this.reclaimedTo, this.table.version);
+    if (problem) {
+      await conn.send({ kind: MessageKind.Error, code: PeerErrorCode.CannotResume, text: problem }).catch(() => undefined);
+      await this.end(problem);
+      return;
+    }
+    this.watch(conn);
+    await this.serial(async () => {
+      await conn.send({
+        kind: MessageKind.Offer,
+        sessionId: this.session.id,
+        vm: this.vm.uuid,
+        addresses: vmAddressTexts(this.vm),
+        zone: this.vm.zone,
+        mark: this.vm.mark,
+        snapshotVersion: lastVersion,
+        announcedEntries: null,
+        resumeFrom: lastVersion,
+        ...(this.session.info.path ? { cutoverPath: this.session.info.path as CutoverPath } : {}),
+      });
+      this.shipped = lastVersion;
+      if (lastVersion > this.acked) this.acked = lastVersion;
+    });
+    this.log.info('session resumed', { vm: this.vm.uuid, session: this.session.id, from: lastVersion, current: this.table.version });
+    this.scheduleTick();
   }
 
   /**
@@ -70,21 +154,21 @@ export class SourceMigration {
    * protocol and ends the connection; it must not wait untaken either,
    * or a peer could park a session here behind a paused socket.
    */
-  private async read(): Promise<void> {
+  private async read(conn: PeerConnection): Promise<void> {
     try {
-      for await (const m of this.conn) {
+      for await (const m of conn) {
         if (m.kind === MessageKind.Close) {
           // The destination rolled back (its QEMU died, libvirt cancelled, an
           // operator aborted): the VM stays here, with its entries. After the
           // cut-over nothing else would end this session (libvirt calls no
           // hook on a source after a failed migration), and a hot-attached
           // object would stay in the QEMU that keeps running.
-          if (m.reason === CloseReason.Failed) void this.end(`the destination ended the session: ${m.text || 'failed'}`);
+          if (m.reason === CloseReason.Failed && conn === this.conn) void this.end(`the destination ended the session: ${m.text || 'failed'}`);
           continue;
         }
         const text = `sent ${MessageKind[m.kind]} inside a session; connection closed`;
-        this.log.warn(`destination ${formatPeerAddress(this.conn.remote)} ${text}`, { vm: this.vm.uuid, session: this.session.id });
-        this.conn.destroy(new Error(`destination ${formatPeerAddress(this.conn.remote)} ${text}`));
+        this.log.warn(`destination ${formatPeerAddress(conn.remote)} ${text}`, { vm: this.vm.uuid, session: this.session.id });
+        conn.destroy(new Error(`destination ${formatPeerAddress(conn.remote)} ${text}`));
         return;
       }
     } catch {
@@ -115,6 +199,8 @@ export class SourceMigration {
     const v0 = await feed.sync();
     // Tombstones older than the snapshot are of no use to this session.
     await feed.reclaim(v0);
+    this.reclaimedTo = v0;
+    this.snapshotVersion = v0;
     await this.conn.send({
       kind: MessageKind.Offer,
       sessionId: request.sessionId,
@@ -154,7 +240,7 @@ export class SourceMigration {
   }
 
   private scheduleTick(): void {
-    if (this.ended || this.final) return;
+    if (this.ended || this.final || this.cancelGrace) return;
     this.cancelTick = this.clock.after(this.settings.changeIntervalMs, () => {
       this.cancelTick = null;
       this.serial(() => this.tick()).then(
@@ -169,7 +255,13 @@ export class SourceMigration {
     const to = this.table.version;
     if (to <= this.shipped) return;
     await this.shipChanges(this.shipped, to);
-    await this.feed.reclaim(this.shipped);
+    // Only what the destination has committed: a resume starts from there,
+    // and must still find the deletions after it.
+    const upTo = Math.min(this.acked, this.shipped);
+    if (upTo > this.reclaimedTo) {
+      await this.feed.reclaim(upTo);
+      this.reclaimedTo = upTo;
+    }
   }
 
   /** Ship (from, to] as Changes, halving the range while it is too big for one frame. */
@@ -268,6 +360,8 @@ export class SourceMigration {
   /** Fail: stop streaming, leave this host's entries alone, tell the peer. */
   async end(reason: string): Promise<void> {
     if (this.ended) return;
+    this.cancelGrace?.();
+    this.cancelGrace = null;
     this.session.fail(reason);
     await this.close(CloseReason.Failed, reason);
   }

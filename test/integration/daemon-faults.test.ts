@@ -15,6 +15,11 @@ function isRoot(): boolean {
   return process.getuid?.() === 0;
 }
 
+/** CTMIGRATE_LAB_VERBOSE=1 prints what the faults did. */
+const say = (line: string): void => {
+  if (process.env.CTMIGRATE_LAB_VERBOSE) process.stderr.write(`      ${line}\n`);
+};
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -135,7 +140,12 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     await m.waitSession(m.a, (s) => s.state === 'failed', 'failed');
   });
 
-  it('a peer link that goes silent mid-import (packets dropped, no RST) fails both sessions within seconds, rolled back', async () => {
+  it('a peer link that goes silent mid-import (packets dropped, no RST), for longer than the block timeout, fails both sessions cleanly, rolled back', async () => {
+    // A block timeout of 8 s: the link is found silent within 5 s; whether
+    // that was still in the snapshot (no resume possible) or just after it
+    // (B tries to resume until its block timeout), B gives up within 13 s.
+    await m.b.daemon?.stop();
+    await m.startDaemon(m.b, ['--block-timeout', '8']);
     await sourceReady();
     await importing();
     const partition = `table inet partition {
@@ -145,17 +155,80 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     await m.b.ns.execOk('nft', ['-f', '-'], { input: partition });
     try {
       const t0 = Date.now();
-      const s = await m.waitSession(m.b, (x) => x.state === 'failed' && !x.blocked, 'failed and rolled back on B', 20_000);
+      const s = await m.waitSession(m.b, (x) => x.state === 'failed' && !x.blocked, 'failed and rolled back on B', 25_000);
       const ms = Date.now() - t0;
       assert.match(s.error, /the link is silent/);
-      assert.ok(ms < 10_000, `B noticed the silent link after ${ms} ms`);
+      // Silence (5 s) + resume tries until the block timeout (8 s) + the last try's dial (3 s).
+      assert.ok(ms < 20_000, `B failed ${ms} ms after the link went silent`);
+      say(`B failed and rolled back ${ms} ms after the link went silent: ${s.error}`);
+      // The block timeout (policy open) lifted the drop already: the rollback's removal may still be under way.
+      const until = Date.now() + 10_000;
+      while ((await m.conntrack(m.b)).length > 0 && Date.now() < until) await sleep(200);
       await assertBClean();
-      const a = await m.waitSession(m.a, (x) => x.state === 'failed', 'failed on A', 20_000);
+      // A waits for a resume only after B acknowledged the whole snapshot, then up to its own block timeout + 5 s.
+      const a = await m.waitSession(m.a, (x) => x.state === 'failed', 'failed on A', 45_000);
       assert.match(a.error, /silent|lost/);
       assert.equal((await m.conntrack(m.a)).length, BIG, "A's entries are all still there");
     } finally {
       await m.b.ns.execOk('nft', ['delete', 'table', 'inet', 'partition']);
+      await m.b.daemon?.stop();
     }
+  });
+
+  it('a partition after the snapshot, healed within the block timeout: the session resumes from the version B acknowledged, with no new snapshot, and B ends exact', async () => {
+    await sourceReady();
+    await m.prepareIncoming();
+    await m.waitSession(m.b, (s) => s.state === 'streaming', 'streaming on B', 60_000);
+    const tuple = (sport: number): string[] => ['-p', 'tcp', '-s', ADDR.vm, '-d', '203.0.113.77', '--sport', String(sport), '--dport', '443'];
+    const entry = (sport: number): string[] => [...tuple(sport), '--state', 'ESTABLISHED', '-u', 'SEEN_REPLY,ASSURED', '-t', '3600'];
+    for (const sport of [61001, 61002]) await m.a.ns.execOk('conntrack', ['-I', ...entry(sport)]);
+    const deadline = Date.now() + 10_000;
+    while ((await m.conntrack(m.b)).length < BIG + 2 && Date.now() < deadline) await sleep(200);
+    assert.equal((await m.conntrack(m.b)).length, BIG + 2, 'the changes before the partition reached B');
+    const sentBefore = (await m.session(m.a))?.sent ?? 0;
+
+    const partition = `table inet partition {
+  chain in { type filter hook input priority -300; policy accept; ip saddr ${ADDR.peerA} drop; }
+  chain out { type filter hook output priority -300; policy accept; ip daddr ${ADDR.peerA} drop; }
+}`;
+    await m.b.ns.execOk('nft', ['-f', '-'], { input: partition });
+    let healed = false;
+    try {
+      const t0 = Date.now();
+      while (!/resuming from version/.test(m.b.daemon?.stderr ?? '') && Date.now() - t0 < 15_000) await sleep(100);
+      assert.match(m.b.daemon?.stderr ?? '', /peer link to the source lost .*the link is silent.*resuming from version/);
+      say(`B noticed the silent link after ${Date.now() - t0} ms`);
+      // While the link is down: one entry closes, one opens.
+      await m.a.ns.execOk('conntrack', ['-D', ...tuple(61001)]);
+      await m.a.ns.execOk('conntrack', ['-I', ...entry(61003)]);
+      while (!/waiting \d+ s for the destination to resume/.test(m.a.daemon?.stderr ?? '') && Date.now() - t0 < 15_000) await sleep(100);
+      const during = await m.session(m.b);
+      assert.equal(during?.state, 'streaming');
+      assert.equal(during?.blocked, true, 'B keeps the VM blocked while the link is down');
+      assert.equal((await m.session(m.a))?.state, 'streaming', 'A keeps the session for the resume');
+      await m.b.ns.execOk('nft', ['delete', 'table', 'inet', 'partition']);
+      healed = true;
+      const t1 = Date.now();
+      while (!/session resumed/.test(m.b.daemon?.stderr ?? '') && Date.now() - t1 < 10_000) await sleep(100);
+      assert.match(m.b.daemon?.stderr ?? '', /session resumed/);
+      say(`resumed ${Date.now() - t1} ms after the partition was lifted`);
+    } finally {
+      if (!healed) await m.b.ns.execOk('nft', ['delete', 'table', 'inet', 'partition']);
+    }
+    await m.ctlOk(m.a, ['cutover', '--vm', VM_UUID]);
+    const ready = await m.waitSession(m.b, (x) => x.state === 'ready' && !x.blocked, 'ready on B', 20_000);
+    const onA = await m.conntrack(m.a);
+    assert.deepEqual(await m.conntrack(m.b), onA, 'B holds exactly what A holds: the deletion and the new entry during the partition too');
+    assert.equal(onA.length, BIG + 2);
+    const a = await m.session(m.a);
+    assert.ok(a && a.sent - sentBefore < 100, `A shipped ${a ? a.sent - sentBefore : '?'} entries after the partition: only the changes, not a new snapshot`);
+    assert.ok(ready.committed > 0);
+    // Undo: B rolls back (its Close ends A's session), A's extra entries go.
+    await m.ctlOk(m.b, ['finish', '--vm', VM_UUID, '--result', 'failed']);
+    await assertBClean();
+    await m.waitSession(m.a, (x) => x.state === 'failed', 'failed on A');
+    for (const sport of [61002, 61003]) await m.a.ns.execOk('conntrack', ['-D', ...tuple(sport)]);
+    assert.equal((await m.conntrack(m.a)).length, BIG);
   });
 
   it("prepare-incoming, then vmstate-args, then QEMU -incoming with that object: QEMU connects to the VM's helper", async () => {

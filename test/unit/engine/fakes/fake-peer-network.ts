@@ -175,12 +175,32 @@ export class FakeNetwork {
   /** Every connection made, dialling end first: [dialler, listener]. */
   readonly pairs: Array<[FakeConnection, FakeConnection]> = [];
   private nextPort = 40000;
+  /** "FROM>TO" host pairs whose dials fail (a partition). */
+  private readonly cut = new Set<string>();
 
   constructor(
     private readonly clock: Clock,
     /** The frame limit every host announces in its Hello. */
     private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
   ) {}
+
+  /**
+   * Partition two hosts: their connections end with an error on both ends
+   * (as a silent link does once the heartbeats are missed), and dials either
+   * way fail until heal().
+   */
+  partition(a: string, b: string): void {
+    this.cut.add(`${a}>${b}`);
+    this.cut.add(`${b}>${a}`);
+    for (const [x, y] of this.pairs) {
+      const hosts = [x.other.remote.host, y.other.remote.host];
+      if (hosts.includes(a) && hosts.includes(b) && !x.isEnded) x.destroy(new Error('no frame (not even a heartbeat); the link is silent'));
+    }
+  }
+
+  heal(): void {
+    this.cut.clear();
+  }
 
   /** The PeerPort of the host at `host`. */
   port(host: string): PeerPort {
@@ -226,6 +246,7 @@ export class FakeNetwork {
 
   private connect(fromHost: string, address: PeerAddress, options: PeerDialOptions): FakeConnection {
     const key = formatPeerAddress(address);
+    if (this.cut.has(`${fromHost}>${address.host}`)) throw new Error(`connect ETIMEDOUT ${key}`);
     const l = this.listening.get(key);
     if (!l) throw new Error(`connect ECONNREFUSED ${key}`);
     const mine = { host: fromHost, port: this.nextPort++ };
