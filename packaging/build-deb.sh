@@ -121,6 +121,7 @@ find "$STAGE" -type f -exec chmod 644 {} +
 echo "build-deb: assembling the package tree" >&2
 cp -a "$REPO/packaging/debian" "$TREE/debian"
 cp "$REPO/packaging/systemd/ctmigrated.service" "$TREE/debian/ctmigrate.ctmigrated.service"
+cp "$REPO/packaging/systemd/ctmigrate-relay.service" "$TREE/debian/ctmigrate.ctmigrate-relay.service"
 mkdir -p "$TREE/packaging/libvirt/qemu.d" "$TREE/packaging/dbus" "$TREE/packaging/man"
 cp "$REPO/packaging/ctmigrate.conf" "$TREE/packaging/"
 cp "$HOOK" "$TREE/packaging/libvirt/qemu.d/ctmigrate"

@@ -9,9 +9,10 @@
  *   ready-when = complete
  *   block-timeout = 30
  *   hot-attach = yes
+ *   peer = 203.0.113.7:7471 via 198.51.100.9:7472
  */
 import { isIP } from 'node:net';
-import { PeerAddress } from './ports/peer-port';
+import { formatPeerAddress, PeerAddress } from './ports/peer-port';
 import { parseReadiness, Readiness, ReadinessError } from './readiness';
 
 export interface DaemonConfig {
@@ -47,6 +48,21 @@ export interface DaemonConfig {
   hotAttach: boolean;
   /** Where the daemon reaches libvirt (virsh -c) for hot attach and events. */
   libvirtUri: string;
+  /** Reach every peer through this relay (config `via`), unless the peer names its own. */
+  via?: PeerAddress;
+  /** Peers reached through a relay of their own (`peer = ADDR:PORT via RELAY:PORT`), by "ADDR:PORT". */
+  peerVia: Map<string, PeerAddress>;
+}
+
+/** The relay this daemon dials `peer` through, if any. */
+export function relayFor(c: DaemonConfig, peer: PeerAddress): PeerAddress | undefined {
+  return c.peerVia.get(formatPeerAddress(peer)) ?? c.via;
+}
+
+/** Every relay the configuration names: connections through them arrive from their address. */
+export function configuredRelays(c: DaemonConfig): PeerAddress[] {
+  const all = [...(c.via ? [c.via] : []), ...c.peerVia.values()];
+  return all.filter((r, i) => all.findIndex((x) => formatPeerAddress(x) === formatPeerAddress(r)) === i);
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/ctmigrate/ctmigrate.conf';
@@ -65,6 +81,7 @@ export function defaultConfig(): DaemonConfig {
     changeIntervalMs: 20,
     hotAttach: true,
     libvirtUri: 'qemu:///system',
+    peerVia: new Map(),
   };
 }
 
@@ -114,6 +131,7 @@ export const CONFIG_KEYS = [
   'metrics',
   'hot-attach',
   'libvirt-uri',
+  'via',
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -126,8 +144,18 @@ export function applySetting(c: DaemonConfig, key: string, value: string, where:
     case 'listen':
       c.listen = wrap(() => parsePeerAddress(value, 'listen'), where);
       break;
-    case 'peer':
-      c.peers.push(wrap(() => parsePeerAddress(value, 'peer'), where));
+    case 'peer': {
+      // "ADDR:PORT" or "ADDR:PORT via RELAY:PORT"
+      const m = /^(\S+)(?:\s+via\s+(\S+))?$/.exec(value.trim());
+      if (!m) bad(`must be ADDR:PORT or "ADDR:PORT via RELAY:PORT", not ${JSON.stringify(value)}`);
+      const peer = wrap(() => parsePeerAddress((m as RegExpExecArray)[1] as string, 'peer'), where);
+      c.peers.push(peer);
+      const relay = (m as RegExpExecArray)[2];
+      if (relay !== undefined) c.peerVia.set(formatPeerAddress(peer), wrap(() => parsePeerAddress(relay, 'relay'), where));
+      break;
+    }
+    case 'via':
+      c.via = wrap(() => parsePeerAddress(value, 'via'), where);
       break;
     case 'psk-file':
       c.pskFile = value || bad('needs a file name');

@@ -294,8 +294,10 @@ export class DestinationMigration {
     const info = await Promise.race([this.conn.closed, new Promise<null>((r) => this.clock.after(1000, () => r(null)))]);
     if (info === null) throw failure;
     const resume = this.settings.resume;
-    if (this.ended || !resume || !this.progress.snapshotApplied || this.final || info.error === null) throw failure;
-    const why = info.error.message;
+    // A source that means to end says so (Close) first: a connection that just
+    // ends (a reset, a silent link, a relay that died) may come back.
+    if (this.ended || !resume || !this.progress.snapshotApplied || this.final) throw failure;
+    const why = info.error ? info.error.message : 'the connection ended without a Close';
     const from = this.session.info.version;
     const deadline = this.clock.now() + this.settings.blockTimeoutMs;
     const fields = { vm: this.vm.uuid, session: this.session.id, from };

@@ -1,5 +1,5 @@
 import { inject, injectable } from 'tsyringe';
-import { DaemonConfig, parsePeerAddress } from './daemon-config';
+import { configuredRelays, DaemonConfig, parsePeerAddress, relayFor } from './daemon-config';
 import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
 import { MigrationService, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
 import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, ResumeMessage, StartMessage } from './peer-protocol';
@@ -80,7 +80,8 @@ export class MigrationEngine implements MigrationService {
     @inject(VmstateObjectPort) private readonly vmstateObjects: VmstateObjectPort,
     @inject(DomainEventsPort) private readonly domainEvents: DomainEventsPort,
   ) {
-    this.authorization = new PeerAuthorization(config.peers);
+    // Through a relay a peer's connection arrives from the relay's address.
+    this.authorization = new PeerAuthorization(config.peers, configuredRelays(config));
   }
 
   /** A VM named with one of this host's own addresses would take the host's flows for its own. */
@@ -328,8 +329,9 @@ export class MigrationEngine implements MigrationService {
     let at: PeerAddress;
     try {
       at = source ?? (await this.findSource(vm.uuid));
-      session.update({ peer: formatPeerAddress(at) });
-      conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000 });
+      const via = relayFor(this.config, at);
+      session.update({ peer: formatPeerAddress(at), route: routeText(via) });
+      conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000, via });
     } catch (e) {
       await this.blocker.unblock(vm.uuid).catch(() => undefined);
       await this.journal.forget(vm.uuid).catch(() => undefined);
@@ -362,7 +364,7 @@ export class MigrationEngine implements MigrationService {
   private async findSource(uuid: string): Promise<PeerAddress> {
     if (this.config.peers.length === 0) throw new Error(`no source given for VM ${uuid} and no peers configured to ask`);
     const asks = this.config.peers.map(async (p) => {
-      const conn = await this.peers.connect(p, { role: PeerRole.Query, timeoutMs: WHO_HAS_TIMEOUT_MS });
+      const conn = await this.peers.connect(p, { role: PeerRole.Query, timeoutMs: WHO_HAS_TIMEOUT_MS, via: relayFor(this.config, p) });
       try {
         await conn.send({ kind: MessageKind.WhoHas, queryId: 1, vm: uuid });
         const m = await conn.receive(WHO_HAS_TIMEOUT_MS);
@@ -374,8 +376,10 @@ export class MigrationEngine implements MigrationService {
     });
     try {
       return await Promise.any(asks);
-    } catch {
-      throw new Error(`none of the peers (${this.config.peers.map(formatPeerAddress).join(', ')}) runs VM ${uuid}`);
+    } catch (e) {
+      // Each peer's own answer: "does not run it" reads differently from "could not be reached".
+      const why = e instanceof AggregateError ? e.errors.map((x: unknown) => (x instanceof Error ? x.message : String(x))) : [];
+      throw new Error(`none of the peers (${this.config.peers.map(formatPeerAddress).join(', ')}) runs VM ${uuid}${why.length ? `: ${why.join('; ')}` : ''}`);
     }
   }
 
@@ -425,7 +429,7 @@ export class MigrationEngine implements MigrationService {
     if (live) return this.refuse(conn, PeerErrorCode.Refused, `VM ${vm.uuid} already has a ${live.role} session here (${live.state})`);
     this.replace(vm.uuid);
     const session = new Session('source', vm.uuid, '', this.clock, this.emit, start.sessionId);
-    session.update({ peer: formatPeerAddress(conn.remote) });
+    session.update({ peer: formatPeerAddress(conn.remote), route: this.routeOf(conn) });
     this.emit({ kind: 'session-added', session: session.snapshot() });
     let tracker = this.trackers.get(vm.uuid) ?? this.track(vm);
     try {
@@ -489,9 +493,16 @@ export class MigrationEngine implements MigrationService {
     }
   }
 
+  /** An incoming connection came through a relay when it comes from a configured relay's address. */
+  private routeOf(conn: PeerConnection): string {
+    const from = canonicalAddressText(conn.remote.host);
+    const relay = configuredRelays(this.config).find((r) => canonicalAddressText(r.host) === from);
+    return routeText(relay);
+  }
+
   /** Dial the source again for a session whose link was lost; resolves with the connection its Offer came on. */
   private async resumeAt(at: PeerAddress, session: Session, vm: VmSpec, lastVersion: number): Promise<PeerConnection> {
-    const conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: WHO_HAS_TIMEOUT_MS });
+    const conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: WHO_HAS_TIMEOUT_MS, via: relayFor(this.config, at) });
     try {
       await conn.send({ kind: MessageKind.Resume, sessionId: session.id, vm: vm.uuid, lastVersion });
       const m = await conn.receive(WHO_HAS_TIMEOUT_MS);
@@ -591,6 +602,11 @@ export class MigrationEngine implements MigrationService {
       throw e;
     }
   }
+}
+
+/** A session's route as status shows it. */
+function routeText(via: PeerAddress | undefined): string {
+  return via ? `via ${formatPeerAddress(via)}` : 'direct';
 }
 
 /** Same addresses (in any order), zone and mark. */

@@ -47,6 +47,8 @@ export interface SessionInfo {
    * source has chosen (the destination learns it from the source's offer).
    */
   path: string;
+  /** How the peer connection runs: `direct`, or `via ADDR:PORT` (a relay); '' until connected. */
+  route: string;
 }
 
 /** What changed, for listeners (D-Bus signals and PropertiesChanged). */

@@ -13,8 +13,16 @@ import { formatPeerAddress, PeerAddress } from './ports/peer-port';
 export class PeerAuthorization {
   private readonly allowed: Uint8Array[];
 
-  constructor(private readonly peers: readonly PeerAddress[]) {
-    this.allowed = peers.map((p) => canonical(p.host)).filter((b): b is Uint8Array => b !== null);
+  /**
+   * `relays`: the relays this host reaches its peers through; a peer that
+   * comes through one arrives from its address. Behind a relay the
+   * pre-shared key cannot tell the peers apart (certificates can: tls-allow).
+   */
+  constructor(
+    private readonly peers: readonly PeerAddress[],
+    private readonly relays: readonly PeerAddress[] = [],
+  ) {
+    this.allowed = [...peers, ...relays].map((p) => canonical(p.host)).filter((b): b is Uint8Array => b !== null);
   }
 
   /** Whether any peer is named at all (otherwise every authenticated peer is let in). */
@@ -31,7 +39,8 @@ export class PeerAuthorization {
 
   /** The refusal a peer is told, naming who may connect. */
   refusal(remote: PeerAddress): string {
-    return `peer ${remote.host} is not a configured peer of this host (configured: ${this.peers.map(formatPeerAddress).join(', ')})`;
+    const relays = this.relays.length ? `; relays: ${this.relays.map(formatPeerAddress).join(', ')}` : '';
+    return `peer ${remote.host} is not a configured peer of this host (configured: ${this.peers.map(formatPeerAddress).join(', ')}${relays})`;
   }
 }
 

@@ -64,6 +64,7 @@ export class Session {
       readyAt: 0,
       error: '',
       path: '',
+      route: '',
     };
   }
 
@@ -136,7 +137,7 @@ export class Session {
   }
 
   /** Update counters and flags; reports one session-changed. */
-  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt' | 'path'>>): void {
+  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt' | 'path' | 'route'>>): void {
     Object.assign(this.info, patch);
     this.info.updatedAt = this.clock.now();
     this.emit({ kind: 'session-changed', session: this.snapshot() });

@@ -84,10 +84,12 @@ export class SourceMigration {
       // Before cut-over the destination cannot have everything: nothing to undo here.
       if (this.session.state === 'cutover') return;
       const why = info.error ? info.error.message : 'the destination closed the connection';
-      // A link lost after the snapshot (a partition, a reset) may come back:
+      // A destination that means to end says so (Close) first, which ends the
+      // session before this. A link lost after the snapshot (a partition, a
+      // reset, a relay that died) may come back:
       // the destination resumes from what it acknowledged.
       // Only a destination that has the whole snapshot in can resume (it says so by acknowledging its version).
-      if (info.error && this.session.state === 'streaming' && this.acked >= this.snapshotVersion && (this.settings.resumeGraceMs ?? 0) > 0) this.detach(why);
+      if (this.session.state === 'streaming' && this.acked >= this.snapshotVersion && (this.settings.resumeGraceMs ?? 0) > 0) this.detach(why);
       else void this.end(`peer connection lost before cut-over: ${why}`);
     });
     void this.read(conn);

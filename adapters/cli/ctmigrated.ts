@@ -13,6 +13,8 @@ import { warmUpCodec } from '../../plugin/warm-up';
 import { CommandIo } from './command';
 import { buildDaemonContainer } from './composition-root';
 import { DAEMON_HELP, daemonConfig } from './daemon-options';
+import { relayConfig } from './relay-options';
+import { PeerRelay } from '../peer/relay';
 import { packageVersion } from './package-info';
 import { runMain } from './run-main';
 import { StderrLog } from './stderr-log';
@@ -30,6 +32,7 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     io.stdout.write(`ctmigrated ${packageVersion()}\n`);
     return 0;
   }
+  if (argv.includes('--relay')) return runRelay(argv);
   const config = daemonConfig(argv);
   try {
     mkdirSync(config.runDir, { recursive: true, mode: 0o700 });
@@ -126,6 +129,31 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   process.on('SIGTERM', () => void stop('SIGTERM', 0));
   process.on('SIGINT', () => void stop('SIGINT', 0));
   // Runs until a signal; the bus connection and the listener keep the loop alive.
+  return new Promise<number>(() => undefined);
+}
+
+/**
+ * `ctmigrated --relay`: forward peer connections to the allowed targets and
+ * nothing else. It needs no bus, no kernel access and no key: the peers'
+ * TLS runs end to end through it.
+ */
+async function runRelay(argv: string[]): Promise<number> {
+  const config = relayConfig(argv);
+  const log = new StderrLog();
+  const relay = new PeerRelay({ listen: config.listen, allow: config.allow, onRefuse: (reason, from) => log.warn(`refused ${from}: ${reason}`) });
+  try {
+    await relay.start();
+  } catch (e) {
+    throw new CommandError(`cannot listen on ${formatPeerAddress(config.listen)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  log.info('ctmigrated relay ready', { version: packageVersion(), listen: formatPeerAddress(relay.address), allow: config.allow.map(formatPeerAddress).join(' ') });
+  const stop = (why: string): void => {
+    log.info(`stopping: ${why}`, { connections: relay.stats.connections, relayed: relay.stats.relayed, refused: relay.stats.refused });
+    void relay.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
   return new Promise<number>(() => undefined);
 }
 

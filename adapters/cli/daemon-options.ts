@@ -16,7 +16,8 @@ export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:POR
                   [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
                   [--block-timeout SECONDS] [--on-block-timeout open|block]
                   [--table-capacity N] [--metrics ADDR:PORT]
-                  [--hot-attach yes|no] [--libvirt-uri URI]
+                  [--hot-attach yes|no] [--libvirt-uri URI] [--via RELAY:PORT]
+       ctmigrated --relay --listen ADDR:PORT --relay-allow ADDR:PORT...
 
 The ctmigrate daemon. It carries registered VMs' conntrack entries to the
 destination host during live migration: pre-copy while the VM runs, the
@@ -29,7 +30,11 @@ Options (flags override the config file, which overrides the defaults):
   -c, --config FILE          settings file (default ${DEFAULT_CONFIG_FILE} when present);
                              one "key = value" per line, keys as the long flags
   -l, --listen ADDR:PORT     peer channel address (default 0.0.0.0:7471)
-  -p, --peer ADDR:PORT       a peer daemon to ask for a VM's source (repeatable)
+  -p, --peer ADDR:PORT       a peer daemon to ask for a VM's source (repeatable); in
+                             the config, "peer = ADDR:PORT via RELAY:PORT" reaches
+                             that one through a relay
+      --via RELAY:PORT       reach every peer through this relay (a ctmigrated --relay),
+                             the TLS session running end to end through it
       --psk-file FILE        the cluster's pre-shared key, hex, at least 32 bytes
       --tls-cert FILE        mutual TLS instead of a key: this host's certificate,
       --tls-key FILE         its key and the CA (default: libvirt's PKI files
@@ -56,6 +61,12 @@ Options (flags override the config file, which overrides the defaults):
   -h, --help                 show this help
   -V, --version              print the version
 
+With --relay it is a relay only: no D-Bus, no kernel access, no key. It
+reads one preamble line naming the target from each connection, forwards
+only to the --relay-allow targets (repeatable, required), and from then on
+copies bytes both ways: the peers' TLS runs end to end through it, so it can
+neither read nor alter a session, only drop it.
+
 Without key or certificates the daemon still runs (register, status), but
 cannot migrate state: peers are neither accepted nor dialled.
 `;
@@ -79,6 +90,7 @@ export function daemonConfig(args: string[]): DaemonConfig {
     metrics: { type: 'string' },
     'hot-attach': { type: 'string' },
     'libvirt-uri': { type: 'string' },
+    via: { type: 'string' },
   });
   if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
   const c = defaultConfig();
@@ -94,7 +106,10 @@ export function daemonConfig(args: string[]): DaemonConfig {
       applyConfigText(c, text, file);
     }
     // Peers given on the command line replace the file's list.
-    if (values.peer) c.peers = [];
+    if (values.peer) {
+      c.peers = [];
+      c.peerVia.clear();
+    }
     if (values['tls-allow']) c.tlsAllow = [];
     for (const [key, value] of Object.entries(values)) {
       if (key === 'config' || value === undefined) continue;

@@ -11,6 +11,7 @@ export function sessionLine(s: SessionInfo): string {
   if (s.role === 'destination') parts.push(s.blocked ? 'traffic blocked' : 'traffic flowing');
   if (s.peer) parts.push(`peer ${s.peer}`);
   if (s.path) parts.push(`path ${s.path}`);
+  if (s.route) parts.push(s.route);
   if (s.error) parts.push(`error: ${s.error}`);
   return parts.join(', ');
 }

@@ -14,6 +14,8 @@ export interface RelayOptions {
   preambleTimeoutMs?: number;
   /** Most connections waiting for their preamble; a new one evicts the oldest. */
   maxPending?: number;
+  /** Told of every refusal, with the reason (the relay's log). */
+  onRefuse?: (reason: string, from: string) => void;
   /** Sees every forwarded chunk (tests prove the relay only carries ciphertext). */
   tap?: (direction: 'to-target' | 'to-dialer', chunk: Buffer) => void;
 }
@@ -86,11 +88,11 @@ export class PeerRelay {
     const max = this.options.maxPending ?? 64;
     if (this.pending.size >= max) {
       const [oldest] = this.pending.keys();
-      this.refuse(oldest);
+      this.refuse(oldest, 'too many connections waiting for their preamble; the oldest goes');
     }
     this.pending.set(
       dialer,
-      setTimeout(() => this.refuse(dialer), this.options.preambleTimeoutMs ?? 5000),
+      setTimeout(() => this.refuse(dialer, 'no preamble in time'), this.options.preambleTimeoutMs ?? 5000),
     );
     const reader = new RelayPreambleReader();
     const onData = (chunk: Buffer): void => {
@@ -98,13 +100,13 @@ export class PeerRelay {
       try {
         got = reader.push(chunk);
       } catch (err) {
-        if (err instanceof RelayPreambleError) return this.refuse(dialer);
+        if (err instanceof RelayPreambleError) return this.refuse(dialer, `bad preamble: ${err.message}`);
         throw err;
       }
       if (got === null) return;
       dialer.off('data', onData);
       dialer.pause();
-      if (!this.allowed.has(formatPeerAddress(got.target))) return this.refuse(dialer);
+      if (!this.allowed.has(formatPeerAddress(got.target))) return this.refuse(dialer, `target ${formatPeerAddress(got.target)} is not allowed`);
       this.forward(dialer, got.target, got.rest);
     };
     dialer.on('data', onData);
@@ -113,7 +115,7 @@ export class PeerRelay {
   private forward(dialer: Socket, target: PeerAddress, rest: Buffer): void {
     const up = connect(target.port, target.host);
     this.track(up);
-    up.once('error', () => this.refuse(dialer));
+    up.once('error', (e) => this.refuse(dialer, `target ${formatPeerAddress(target)} unreachable: ${e.message}`));
     up.once('connect', () => {
       const t = this.pending.get(dialer);
       if (t) clearTimeout(t);
@@ -142,12 +144,13 @@ export class PeerRelay {
     });
   }
 
-  private refuse(dialer: Socket): void {
+  private refuse(dialer: Socket, reason: string): void {
     const t = this.pending.get(dialer);
     if (t === undefined) return;
     clearTimeout(t);
     this.pending.delete(dialer);
     this.stats.refused++;
+    this.options.onRefuse?.(reason, `${dialer.remoteAddress ?? '?'}:${dialer.remotePort ?? '?'}`);
     dialer.destroy();
   }
 }

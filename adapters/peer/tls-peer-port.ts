@@ -90,7 +90,10 @@ export class TlsPeerPort implements PeerPort {
       };
       const timer = setTimeout(() => finish(new PeerTimeoutError(name, 'authenticated connection', timeoutMs)), timeoutMs);
       raw = tcpConnect(hop.port, hop.host);
-      raw.once('error', (err) =>
+      // `on`, not `once`: a socket that fails to connect with the relay
+      // preamble already written reports the failure more than once, and a
+      // second report without a listener would crash the daemon.
+      raw.on('error', (err) =>
         finish(new PeerChannelError(name, `cannot connect to peer ${name}${options.via ? ` via relay ${formatPeerAddress(options.via)}` : ''}: ${err.message}`, err)),
       );
       if (options.via) raw.write(encodeRelayPreamble(address));
@@ -102,8 +105,16 @@ export class TlsPeerPort implements PeerPort {
         ...(isIP(address.host) === 0 ? { servername: address.host } : {}),
         ...clientTlsOptions(creds),
       });
-      tls.once('error', (err) =>
-        finish(new PeerChannelError(name, `peer ${name} refused the connection or failed authentication: ${err.message}`, err)),
+      tls.on('error', (err) =>
+        finish(
+          options.via && raw?.bytesRead === 0
+            ? new PeerChannelError(
+                name,
+                `relay ${formatPeerAddress(options.via)} closed the connection to ${name} before any reply (the target is not among its --relay-allow targets, or it cannot reach it): ${err.message}`,
+                err,
+              )
+            : new PeerChannelError(name, `peer ${name} refused the connection or failed authentication: ${err.message}`, err),
+        ),
       );
       tls.once('secureConnect', () => {
         const remote: PeerAddress = { host: raw?.remoteAddress ?? hop.host, port: raw?.remotePort ?? hop.port };

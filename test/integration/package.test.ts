@@ -249,6 +249,7 @@ describe('the Debian package, built, installed with dpkg -i and purged', functio
       HOOK,
       '/etc/ctmigrate/ctmigrate.conf',
       '/lib/systemd/system/ctmigrated.service',
+      '/lib/systemd/system/ctmigrate-relay.service',
       '/usr/share/dbus-1/system.d/org.ctmigrate1.conf',
       '/usr/share/dbus-1/system-services/org.ctmigrate1.service',
       '/usr/share/man/man8/ctmigrated.8.gz',
@@ -262,6 +263,7 @@ describe('the Debian package, built, installed with dpkg -i and purged', functio
     }
     // Enabled even though no systemd runs here (the symlink is the enabling).
     assert.ok(existsSync(ENABLED), `${ENABLED} is missing: the unit was not enabled`);
+    assert.ok(!existsSync('/etc/systemd/system/multi-user.target.wants/ctmigrate-relay.service'), 'the relay unit is enabled: it must be off by default');
     const conffiles = (await ok('dpkg-query', ['-W', '-f=${Conffiles}', 'ctmigrate'])).stdout;
     assert.match(conffiles, /^ \/etc\/libvirt\/hooks\/qemu\.d\/ctmigrate /m);
     assert.match(conffiles, /^ \/etc\/ctmigrate\/ctmigrate\.conf /m);
@@ -275,9 +277,11 @@ describe('the Debian package, built, installed with dpkg -i and purged', functio
     assert.match(activation, /^SystemdService=ctmigrated\.service$/m);
     // The unit as systemd reads it (systemd-analyze runs without a running systemd).
     if (existsSync('/usr/bin/systemd-analyze')) {
-      const v = await run('systemd-analyze', ['verify', '--man=no', '/lib/systemd/system/ctmigrated.service']);
-      const complaints = `${v.stdout}${v.stderr}`.split('\n').filter((l) => l.includes('ctmigrated.service'));
-      assert.deepEqual(complaints, [], show('systemd-analyze verify', v));
+      for (const unit of ['ctmigrated.service', 'ctmigrate-relay.service']) {
+        const v = await run('systemd-analyze', ['verify', '--man=no', `/lib/systemd/system/${unit}`]);
+        const complaints = `${v.stdout}${v.stderr}`.split('\n').filter((l) => l.includes(unit));
+        assert.deepEqual(complaints, [], show('systemd-analyze verify', v));
+      }
     }
   });
 

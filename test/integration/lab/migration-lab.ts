@@ -87,6 +87,10 @@ export interface StatusSession {
   bytes: number;
   blocked: boolean;
   error: string;
+  /** vmstate, vmstate-hot, event or hook. */
+  path: string;
+  /** direct, or via ADDR:PORT. */
+  route: string;
 }
 
 export interface StatusJson {

@@ -74,6 +74,7 @@ export function sampleSession(over: Partial<SessionInfo> = {}): SessionInfo {
     readyAt: 0,
     error: '',
     path: '',
+    route: '',
     ...over,
   };
 }
