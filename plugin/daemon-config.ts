@@ -32,6 +32,11 @@ export interface DaemonConfig {
   readyWhen: Readiness;
   /** How long the destination may block a VM's traffic waiting for its state. */
   blockTimeoutMs: number;
+  /**
+   * Longest QEMU's Load() waits for the state with the VM paused; then the
+   * VM resumes with its traffic still dropped until the state is in.
+   */
+  loadTimeoutMs: number;
   /** At the block timeout: lift the drop and warn (open), or keep dropping (block). */
   onBlockTimeout: 'open' | 'block';
   /** Most entries one VM's session may hold (memory is reserved, used only as filled). */
@@ -76,6 +81,7 @@ export function defaultConfig(): DaemonConfig {
     runDir: '/run/ctmigrate',
     readyWhen: { kind: 'complete' },
     blockTimeoutMs: 30_000,
+    loadTimeoutMs: 50,
     onBlockTimeout: 'open',
     tableCapacity: 2_000_000,
     changeIntervalMs: 20,
@@ -132,6 +138,7 @@ export const CONFIG_KEYS = [
   'hot-attach',
   'libvirt-uri',
   'via',
+  'load-timeout',
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -189,6 +196,12 @@ export function applySetting(c: DaemonConfig, key: string, value: string, where:
       const n = Number(value);
       if (!(Number.isFinite(n) && n > 0 && n <= 3600)) bad(`must be seconds between 0 and 3600, not ${JSON.stringify(value)}`);
       c.blockTimeoutMs = Math.round(n * 1000);
+      break;
+    }
+    case 'load-timeout': {
+      const n = Number(value);
+      if (!(Number.isFinite(n) && n > 0 && n <= 60)) bad(`must be seconds between 0 and 60 (e.g. 0.05), not ${JSON.stringify(value)}`);
+      c.loadTimeoutMs = Math.max(1, Math.round(n * 1000));
       break;
     }
     case 'on-block-timeout':

@@ -546,6 +546,19 @@ export class DestinationMigration {
   }
 
   /**
+   * QEMU resumed the VM here before its state was in (Load() answered at its
+   * bound): its traffic stays dropped until the readiness policy is met or
+   * the block timeout applies.
+   */
+  resumedBlocked(boundMs: number): void {
+    this.log.warn(`QEMU resumes the VM before its state is in (Load() answered after ${boundMs} ms): its traffic stays blocked until the state is ready`, {
+      vm: this.vm.uuid,
+      session: this.session.id,
+      committed: this.progress.committed,
+    });
+  }
+
+  /**
    * QEMU's Load(): resolve once the final delta the reference names has been
    * applied (and the drop lifted when the policy allows).
    */
@@ -554,7 +567,11 @@ export class DestinationMigration {
     if (ref.sessionId !== this.session.id) return Promise.reject(new Error(`vmstate names session ${ref.sessionId}, this VM's session is ${this.session.id}`));
     const check = (): void => {
       if (!this.final) return;
-      if (this.final.version !== ref.finalVersion || !timingSafeEqual(Buffer.from(this.final.digest), Buffer.from(ref.digest))) {
+      // A reference without a digest came from a Save() that answered before
+      // the pre-copy ended: the Final covers at least the version it names.
+      const deferred = ref.digest.length === 0;
+      const versionOk = deferred ? this.final.version >= ref.finalVersion : this.final.version === ref.finalVersion;
+      if (!versionOk || (!deferred && !timingSafeEqual(Buffer.from(this.final.digest), Buffer.from(ref.digest)))) {
         throw new Error(`vmstate names final version ${ref.finalVersion}, the peer channel delivered ${this.final.version} (or another digest)`);
       }
     };

@@ -20,7 +20,7 @@ import { VmstateObjectPort } from './ports/vmstate-object-port';
 import { DomainEventsPort } from './ports/domain-events-port';
 import { arrangeCutover, CutoverArrangement } from './cutover-path';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
-import { Session } from './session';
+import { RELEASE_AFTER_ANSWER_MS, Session } from './session';
 import { SourceMigration } from './source-migration';
 import { VmTracker } from './vm-tracker';
 import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
@@ -590,16 +590,20 @@ export class MigrationEngine implements MigrationService {
       throw new Error(`${ref.reason}; the VM must not run here without its connection state`);
     }
     try {
-      await d.waitFinal(ref, this.config.blockTimeoutMs);
+      await d.waitFinal(ref, this.config.loadTimeoutMs);
     } catch (e) {
-      // Only waiting too long is covered by the fail-open policy; a wrong
-      // or failed state is never let through.
-      if (e instanceof FinalTimeoutError && this.config.onBlockTimeout === 'open') {
-        this.log.warn(`vmstate load: ${e.message}; letting the VM run (policy: open)`, { vm: uuid });
-        d.session.failOpen(e.message);
-        return;
-      }
-      throw e;
+      // A wrong or failed state is never let through; waiting is bounded:
+      // QEMU resumes the VM with its traffic still dropped, and the import
+      // goes on until the readiness policy lifts the drop (or the block
+      // timeout applies).
+      if (!(e instanceof FinalTimeoutError)) throw e;
+      d.resumedBlocked(this.config.loadTimeoutMs);
+    } finally {
+      // Said a moment after the answer, with the session's other held signals (Session.releaseSoon).
+      const at = this.clock.now();
+      this.clock.after(RELEASE_AFTER_ANSWER_MS + 1, () => {
+        if (!d.session.over || d.session.state === 'ready') d.session.update({ resumedAt: at });
+      });
     }
   }
 }

@@ -39,6 +39,12 @@ export interface SessionInfo {
   updatedAt: number;
   cutoverAt: number;
   readyAt: number;
+  /**
+   * Destination: when QEMU's Load() answered and the VM resumed here (0:
+   * not yet, or no dbus-vmstate). readyAt - resumedAt > 0 is how long the VM
+   * ran with its traffic blocked.
+   */
+  resumedAt: number;
   /** Why the session failed, '' otherwise. */
   error: string;
   /**

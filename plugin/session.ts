@@ -62,6 +62,7 @@ export class Session {
       updatedAt: now,
       cutoverAt: 0,
       readyAt: 0,
+      resumedAt: 0,
       error: '',
       path: '',
       route: '',
@@ -137,7 +138,7 @@ export class Session {
   }
 
   /** Update counters and flags; reports one session-changed. */
-  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt' | 'path' | 'route'>>): void {
+  update(patch: Partial<Pick<SessionInfo, 'peer' | 'sent' | 'received' | 'committed' | 'refused' | 'bytes' | 'blocked' | 'version' | 'readyAt' | 'path' | 'route' | 'resumedAt'>>): void {
     Object.assign(this.info, patch);
     this.info.updatedAt = this.clock.now();
     this.emit({ kind: 'session-changed', session: this.snapshot() });

@@ -25,6 +25,9 @@ export interface SourceSettings {
   resumeGraceMs?: number;
 }
 
+/** Longest QEMU's Save() waits for the residual delta to be shipped (with the VM paused). */
+export const SAVE_BOUND_MS = 25;
+
 /** Room kept free in a frame for the message header around codec bytes. */
 const FRAME_SLACK = 256;
 
@@ -47,6 +50,8 @@ export class SourceMigration {
   private work: Promise<unknown> = Promise.resolve();
   private cancelTick: (() => void) | null = null;
   private ended = false;
+  /** Jobs on the shipping chain, running or waiting (the snapshot, change ticks, the cut-over). */
+  private queued = 0;
   /** Highest version the destination has acknowledged as committed (any connection of the session). */
   private acked = 0;
   /** Tombstones up to this version are gone: a resume must start at or after it. */
@@ -282,7 +287,9 @@ export class SourceMigration {
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.work.then(fn, fn);
+    this.queued++;
+    const run = (): Promise<T> => fn().finally(() => this.queued--);
+    const next = this.work.then(run, run);
     this.work = next.catch(() => undefined);
     return next;
   }
@@ -301,9 +308,44 @@ export class SourceMigration {
     if (options.paused) {
       // QEMU's Save(): the session's signals follow its answer.
       this.session.hold();
+      const busy = this.queued > 0;
       const done = this.cutover();
-      void done.finally(() => this.session.releaseSoon()).catch(() => undefined);
-      return done;
+      if (!busy) {
+        void done.finally(() => this.session.releaseSoon()).catch(() => undefined);
+        return done;
+      }
+      // The snapshot (or a big batch of changes) is still on the wire: QEMU
+      // must not wait for it with the VM paused. After SAVE_BOUND_MS it gets
+      // a reference without a digest, naming the version at its pause; the
+      // Final follows on the peer channel once the chain is free, covering
+      // at least that version.
+      const atPause = this.table?.version ?? 0;
+      return new Promise<VmStateReference>((resolve, reject) => {
+        let answered = false;
+        const cancel = this.clock.after(SAVE_BOUND_MS, () => {
+          answered = true;
+          this.session.releaseSoon();
+          this.log.warn(`QEMU stopped the VM before the pre-copy ended: Save() answers now, the residual delta follows after ${this.queued} job(s) on the peer channel`, { vm: this.vm.uuid, session: this.session.id });
+          resolve({ kind: 'session', sessionId: this.session.id, finalVersion: atPause, digest: new Uint8Array(0) });
+        });
+        done.then(
+          (ref) => {
+            if (answered) return;
+            cancel();
+            this.session.releaseSoon();
+            resolve(ref);
+          },
+          (e: Error) => {
+            if (answered) {
+              this.log.error(`the residual delta could not be shipped after Save() answered: ${e.message}`, { vm: this.vm.uuid, session: this.session.id });
+              return;
+            }
+            cancel();
+            this.session.releaseSoon();
+            reject(e);
+          },
+        );
+      });
     }
     return this.serial(async () => {
       if (this.final) return this.final;

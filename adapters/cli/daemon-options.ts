@@ -14,7 +14,7 @@ import { UsageError } from './usage-error';
 export const DAEMON_HELP = `Usage: ctmigrated [--config FILE] [--listen ADDR:PORT] [--peer ADDR:PORT]...
                   [--psk-file FILE | --tls-cert F --tls-key F --tls-ca F [--tls-allow NAME]...]
                   [--run-dir DIR] [--ready-when complete|precopy|fraction:F|tcp-established]
-                  [--block-timeout SECONDS] [--on-block-timeout open|block]
+                  [--block-timeout SECONDS] [--on-block-timeout open|block] [--load-timeout SECONDS]
                   [--table-capacity N] [--metrics ADDR:PORT]
                   [--hot-attach yes|no] [--libvirt-uri URI] [--via RELAY:PORT]
        ctmigrated --relay --listen ADDR:PORT --relay-allow ADDR:PORT...
@@ -48,6 +48,9 @@ Options (flags override the config file, which overrides the defaults):
       --ready-when POLICY    when the destination lifts the drop: complete (default),
                              precopy, fraction:F, tcp-established
       --block-timeout SEC    longest a VM's traffic is dropped waiting (default 30)
+      --load-timeout SEC     longest QEMU's Load() holds the VM paused waiting for its
+                             state (default 0.05); then the VM resumes with its traffic
+                             still dropped until the state is in
       --on-block-timeout P   open (lift the drop, warn; default) or block
       --table-capacity N     most entries per VM session (default 2000000)
       --metrics ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics (default off)
@@ -91,6 +94,7 @@ export function daemonConfig(args: string[]): DaemonConfig {
     'hot-attach': { type: 'string' },
     'libvirt-uri': { type: 'string' },
     via: { type: 'string' },
+    'load-timeout': { type: 'string' },
   });
   if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
   const c = defaultConfig();

@@ -28,6 +28,7 @@ export const SESSION_PROPERTIES: readonly SessionProperty[] = [
   { name: 'UpdatedAt', signature: 't', key: 'updatedAt' },
   { name: 'CutoverAt', signature: 't', key: 'cutoverAt' },
   { name: 'ReadyAt', signature: 't', key: 'readyAt' },
+  { name: 'ResumedAt', signature: 't', key: 'resumedAt' },
   { name: 'Error', signature: 's', key: 'error' },
   { name: 'Path', signature: 's', key: 'path' },
   { name: 'Route', signature: 's', key: 'route' },
@@ -101,6 +102,6 @@ export function applyWireProperties(target: SessionInfo, values: Record<string, 
 export function emptySessionInfo(): SessionInfo {
   return {
     id: '', role: 'source', vm: '', state: 'preparing', peer: '', sent: 0, received: 0, committed: 0, refused: 0,
-    bytes: 0, blocked: false, readyWhen: '', version: 0, createdAt: 0, updatedAt: 0, cutoverAt: 0, readyAt: 0, error: '', path: '', route: '',
+    bytes: 0, blocked: false, readyWhen: '', version: 0, createdAt: 0, updatedAt: 0, cutoverAt: 0, readyAt: 0, resumedAt: 0, error: '', path: '', route: '',
   };
 }

@@ -91,6 +91,9 @@ export interface StatusSession {
   path: string;
   /** direct, or via ADDR:PORT. */
   route: string;
+  readyAt: number;
+  /** When QEMU's Load() answered on a destination (0: never). */
+  resumedAt: number;
 }
 
 export interface StatusJson {
@@ -135,6 +138,10 @@ export interface MigrationOptions {
   churn?: number;
   /** No echo for this long = broken (default 5000 ms). */
   breakMs?: number;
+  /** QMP migrate right after prepare-incoming, without waiting for the pre-copy (a switchover during it). */
+  early?: boolean;
+  /** Called at QEMU's STOP on A with A's entries of the VM then (what B must end with). */
+  atStop?: () => void;
   progress?: (line: string) => void;
 }
 
@@ -385,10 +392,13 @@ export class MigrationLab {
     say(`${k} TCP flows busy between the client and the VM (through A)`);
     if (useCtm) {
       await this.prepareIncoming();
-      const s = await this.waitSession(this.b, (x) => x.state === 'streaming' || x.state === 'ready', 'streaming');
-      say(`B: prepare-incoming: VM blocked on B, pre-copy of ${s.received} entries done, streaming changes`);
+      if (o.early) say('B: prepare-incoming: VM blocked on B; migrating at once, during the pre-copy');
+      else {
+        const s = await this.waitSession(this.b, (x) => x.state === 'streaming' || x.state === 'ready', 'streaming');
+        say(`B: prepare-incoming: VM blocked on B, pre-copy of ${s.received} entries done, streaming changes`);
+      }
     }
-    if (o.churn) {
+    if (o.churn && !o.early) {
       await flows.churn(o.churn);
       say(`${o.churn} flows closed and ${o.churn} opened during pre-copy`);
       await new Promise((r) => setTimeout(r, 300));
@@ -401,6 +411,12 @@ export class MigrationLab {
       moved = this.moveVmToB().then(() => Date.now() - e.seenMs);
     });
     let cutover: Promise<number> | null = null;
+    if (o.atStop) {
+      const atStop = o.atStop;
+      qa.qmp.onEvent((e) => {
+        if (e.event === 'STOP') atStop();
+      });
+    }
     if (o.mode === 'fallback') {
       qa.qmp.onEvent((e) => {
         if (e.event !== 'STOP' || cutover) return;
@@ -421,6 +437,8 @@ export class MigrationLab {
     let source: StatusSession | null = null;
     let destination: StatusSession | null = null;
     if (useCtm) {
+      // A switchover during the pre-copy: the VM runs on B while the import ends.
+      if (o.early) await this.waitSession(this.b, (x) => x.state === 'ready' && !x.blocked, 'ready on B', 60_000);
       await this.ctlOk(this.a, ['finish', '--vm', VM_UUID, '--result', 'migrated']);
       await this.ctlOk(this.b, ['finish', '--vm', VM_UUID, '--result', 'migrated']);
       source = await this.session(this.a);

@@ -75,7 +75,7 @@ describe('D-Bus service org.ctmigrate1 (private dbus-daemon)', function () {
     assert.deepEqual(props, {
       Id: s.id, Role: 'destination', Vm: VM, State: 'precopy', Peer: '198.51.100.1:7471',
       Sent: 0n, Received: 10n, Committed: 5n, Refused: 1n, Bytes: 1234n, Blocked: true, ReadyWhen: 'complete',
-      Version: 77n, CreatedAt: 1_700_000_000_000n, UpdatedAt: 1_700_000_000_500n, CutoverAt: 0n, ReadyAt: 0n, Error: '', Path: '', Route: '',
+      Version: 77n, CreatedAt: 1_700_000_000_000n, UpdatedAt: 1_700_000_000_500n, CutoverAt: 0n, ReadyAt: 0n, ResumedAt: 0n, Error: '', Path: '', Route: '',
     });
     const added = await client.waitFor((x) => x.member === 'SessionAdded');
     assert.deepEqual(added.body, [path]);

@@ -75,6 +75,7 @@ export function sampleSession(over: Partial<SessionInfo> = {}): SessionInfo {
     error: '',
     path: '',
     route: '',
+    resumedAt: 0,
     ...over,
   };
 }

@@ -31,7 +31,7 @@ export const absent = (): ManagerClientError => new ManagerClientError('unavaila
 export function session(patch: Partial<SessionInfo>): SessionInfo {
   return {
     id: 's1', role: 'source', vm: '', state: 'streaming', peer: '198.51.100.2:7471', sent: 0, received: 0, committed: 0, refused: 0, bytes: 0,
-    blocked: false, readyWhen: '', version: 0, createdAt: 1, updatedAt: 1, cutoverAt: 0, readyAt: 0, error: '', path: '', route: '', ...patch,
+    blocked: false, readyWhen: '', version: 0, createdAt: 1, updatedAt: 1, cutoverAt: 0, readyAt: 0, error: '', path: '', route: '', resumedAt: 0, ...patch,
   };
 }
 

@@ -175,6 +175,8 @@ export class FakeNetwork {
   /** Every connection made, dialling end first: [dialler, listener]. */
   readonly pairs: Array<[FakeConnection, FakeConnection]> = [];
   private nextPort = 40000;
+  /** Given to the listening end of every new connection as its beforeSend (a slow source link). */
+  listenerBeforeSend: ((m: PeerMessage) => Promise<void>) | null = null;
   /** "FROM>TO" host pairs whose dials fail (a partition). */
   private readonly cut = new Set<string>();
 
@@ -254,6 +256,7 @@ export class FakeNetwork {
     const listener = new FakeConnection(mine, hello(options.role, fromHost, this.maxFrameBytes), this.clock);
     dialler.other = listener;
     listener.other = dialler;
+    listener.beforeSend = this.listenerBeforeSend;
     this.pairs.push([dialler, listener]);
     queueMicrotask(() => l.onConnection(listener));
     return dialler;
