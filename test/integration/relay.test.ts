@@ -1,14 +1,11 @@
-// Migration through a relay (issue 10): three hosts in namespaces, A, B and
-// a relay R linked to both, with the direct peer path between A and B cut
-// by a firewall (the QEMU stream still goes direct). The daemons reach each
-// other only through `ctmigrated --relay`, TLS end to end.
+// Migration through a relay (issue 10): three hosts in namespaces, the
+// direct peer path between A and B cut (lab/relay-lab.ts).
 
 import { strict as assert } from 'node:assert';
 import { bulkLoad } from './lab/bulk';
-import { ADDR, CTMIGRATED, MigrationLab, PEER_PORT, VM_UUID } from './lab/migration-lab';
-import { LabProcess, NetNs, reapStaleNamespaces } from './lab/netns';
-
-const RELAY = { onA: '203.0.113.21', a: '203.0.113.22', onB: '203.0.113.25', b: '203.0.113.26', port: 7472 } as const;
+import { ADDR, PEER_PORT, VM_UUID } from './lab/migration-lab';
+import { reapStaleNamespaces } from './lab/netns';
+import { RELAY, RelayLab, relayLab } from './lab/relay-lab';
 
 const say = (line: string): void => {
   if (process.env.CTMIGRATE_LAB_VERBOSE) process.stderr.write(`      ${line}\n`);
@@ -16,42 +13,6 @@ const say = (line: string): void => {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** No peer connection between A and B except through R. */
-const CUT = `table inet cut_direct {
-  chain out { type filter hook output priority -300; policy accept; ip daddr { ${ADDR.peerA}, ${ADDR.peerB} } tcp dport ${PEER_PORT} ip saddr { ${ADDR.peerA}, ${ADDR.peerB} } drop; }
-  chain in { type filter hook input priority -300; policy accept; ip saddr { ${ADDR.peerA}, ${ADDR.peerB} } tcp dport ${PEER_PORT} drop; }
-}`;
-
-interface RelayLab {
-  m: MigrationLab;
-  r: NetNs;
-  relay: LabProcess;
-}
-
-async function relayLab(daemonExtra: readonly string[] = []): Promise<RelayLab> {
-  const m = await MigrationLab.build({ daemons: false });
-  try {
-    const r = await m.lab.netns('relay');
-    await m.lab.link(r, m.a.ns, { ifname: 'to-a', addrs: [`${RELAY.onA}/30`] }, { ifname: 'relay', addrs: [`${RELAY.a}/30`] });
-    await m.lab.link(r, m.b.ns, { ifname: 'to-b', addrs: [`${RELAY.onB}/30`] }, { ifname: 'relay', addrs: [`${RELAY.b}/30`] });
-    await r.execOk('ip', ['-batch', '-'], { input: `route add ${ADDR.peerA}/32 via ${RELAY.a}\nroute add ${ADDR.peerB}/32 via ${RELAY.b}\n` });
-    for (const ns of [m.a.ns, m.b.ns]) await ns.nft(CUT);
-    const relay = await startRelay(m, r);
-    await m.startDaemon(m.a, ['--peer', `${ADDR.peerB}:${PEER_PORT}`, '--via', `${RELAY.onA}:${RELAY.port}`, ...daemonExtra]);
-    await m.startDaemon(m.b, ['--via', `${RELAY.onB}:${RELAY.port}`, ...daemonExtra]);
-    return { m, r, relay };
-  } catch (e) {
-    await m.close().catch(() => undefined);
-    throw e;
-  }
-}
-
-async function startRelay(m: MigrationLab, r: NetNs): Promise<LabProcess> {
-  const relay = m.lab.spawn(r, process.execPath, [CTMIGRATED, '--relay', '--listen', `0.0.0.0:${RELAY.port}`, '--relay-allow', `${ADDR.peerA}:${PEER_PORT}`, '--relay-allow', `${ADDR.peerB}:${PEER_PORT}`]);
-  await relay.waitFor(/ctmigrated relay ready/, 10_000);
-  return relay;
 }
 
 describe('migration through a relay (ctmigrated --relay, --via; direct peer path cut)', function () {
