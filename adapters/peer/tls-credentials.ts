@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { ConnectionOptions, TlsOptions } from 'node:tls';
+import { ConnectionOptions, createSecureContext, SecureContext, TlsOptions } from 'node:tls';
 import { formatAddress, isIpv4Mapped, parseAddress } from '../../plugin/address';
 import { readPskFile } from './psk-key';
 
@@ -145,21 +145,29 @@ export function identityKey(name: string): string {
 }
 
 /** TLS options for the dialling side. */
-export function clientTlsOptions(c: PeerCredentials): ConnectionOptions {
+export function clientTlsOptions(c: PeerCredentials, secureContext?: SecureContext): ConnectionOptions {
+  const context = secureContext ?? clientSecureContext(c);
   if (c.kind === 'psk')
     return {
-      minVersion: 'TLSv1.3',
-      ciphers: PSK_CIPHERS,
+      secureContext: context,
       pskCallback: () => ({ psk: c.key, identity: PSK_IDENTITY }),
       // With a PSK there is no certificate; the key is the authentication.
       checkServerIdentity: () => undefined,
     };
   return {
-    minVersion: 'TLSv1.3',
-    ca: c.ca,
-    cert: c.client.cert,
-    key: c.client.key,
+    secureContext: context,
     rejectUnauthorized: true,
     ...(c.checkPeerName === false ? { checkServerIdentity: () => undefined } : {}),
   };
+}
+
+/**
+ * The client side's OpenSSL context, built once per port: tls.connect()
+ * without one builds a fresh SSL_CTX for every connection, native memory
+ * that V8 frees only when it collects the wrapper. A daemon whose heap
+ * barely grows collects rarely, so its RSS crept with every migration.
+ */
+export function clientSecureContext(c: PeerCredentials): SecureContext {
+  if (c.kind === 'psk') return createSecureContext({ minVersion: 'TLSv1.3', ciphers: PSK_CIPHERS });
+  return createSecureContext({ minVersion: 'TLSv1.3', ca: c.ca, cert: c.client.cert, key: c.client.key });
 }

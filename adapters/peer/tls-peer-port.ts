@@ -1,10 +1,10 @@
 import { isIP, connect as tcpConnect, Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { SecureContext, connect as tlsConnect } from 'node:tls';
 import { DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES } from '../../plugin/peer-protocol';
 import { formatPeerAddress, PeerAddress, PeerConnection, PeerDialOptions, PeerListener, PeerPort } from '../../plugin/ports/peer-port';
 import { PeerChannelError, PeerTimeoutError } from './peer-errors';
 import { encodeRelayPreamble } from './relay-preamble';
-import { clientTlsOptions, PeerCredentials } from './tls-credentials';
+import { clientSecureContext, clientTlsOptions, PeerCredentials } from './tls-credentials';
 import { TlsPeerConnection } from './tls-peer-connection';
 import { TlsPeerListener } from './tls-peer-listener';
 
@@ -41,6 +41,8 @@ export interface TlsPeerPortOptions {
 export class TlsPeerPort implements PeerPort {
   private readonly maxFrameBytes: number;
   private readonly windowBytes: number;
+  /** One OpenSSL client context for every dial (see clientSecureContext). */
+  private readonly clientContext: SecureContext;
 
   constructor(private readonly options: TlsPeerPortOptions) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
@@ -48,6 +50,7 @@ export class TlsPeerPort implements PeerPort {
     if (!(this.maxFrameBytes >= MIN_MAX_FRAME_BYTES && this.maxFrameBytes <= 0xffff_ffff))
       throw new RangeError(`frame limit ${this.maxFrameBytes} is out of range (${MIN_MAX_FRAME_BYTES}..2^32-1)`);
     if (!(this.windowBytes > 0)) throw new RangeError(`window ${this.windowBytes} must be positive`);
+    this.clientContext = clientSecureContext(options.credentials);
   }
 
   private tuning(helloTimeoutMs: number) {
@@ -103,7 +106,7 @@ export class TlsPeerPort implements PeerPort {
         host: address.host,
         // SNI takes names only; an IP address is checked against the certificate's IP SANs instead.
         ...(isIP(address.host) === 0 ? { servername: address.host } : {}),
-        ...clientTlsOptions(creds),
+        ...clientTlsOptions(creds, this.clientContext),
       });
       tls.on('error', (err) =>
         finish(
