@@ -74,6 +74,12 @@ export class MetricFamilies {
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [this.registry],
   });
+  readonly blockedAfterResumeSeconds = new Histogram({
+    name: `${METRIC_PREFIX}vm_blocked_after_resume_seconds`,
+    help: "How long a VM ran on the destination with its traffic still dropped after QEMU resumed it (0: the state was in before the resume).",
+    buckets: [0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
   readonly saveSeconds = new Histogram({
     name: `${METRIC_PREFIX}vmstate_save_duration_seconds`,
     help: "Time QEMU's dbus-vmstate Save() took on a source (the VM is paused meanwhile).",

@@ -10,6 +10,8 @@ interface Seen {
   bytes: number;
   /** updatedAt of the report that showed the drop, 0 while not blocked. */
   blockedSince: number;
+  /** The VM's time blocked after its resume was counted. */
+  resumeCounted: boolean;
   /** updatedAt and the entry count when the session entered pre-copy, -1 before. */
   precopyAt: number;
   precopyCount: number;
@@ -90,7 +92,7 @@ export class SessionMetrics {
   private observe(s: SessionInfo): Seen {
     let seen = this.seen.get(s.id);
     if (!seen) {
-      seen = { sent: 0, received: 0, committed: 0, refused: 0, bytes: 0, blockedSince: 0, precopyAt: -1, precopyCount: 0, ended: false };
+      seen = { sent: 0, received: 0, committed: 0, refused: 0, bytes: 0, blockedSince: 0, resumeCounted: false, precopyAt: -1, precopyCount: 0, ended: false };
       this.seen.set(s.id, seen);
     }
     const f = this.families;
@@ -104,6 +106,10 @@ export class SessionMetrics {
     seen.committed = Math.max(seen.committed, s.committed);
     seen.refused = Math.max(seen.refused, s.refused);
     seen.bytes = Math.max(seen.bytes, s.bytes);
+    if (s.role === 'destination' && !seen.resumeCounted && s.resumedAt > 0 && s.readyAt > 0) {
+      seen.resumeCounted = true;
+      f.blockedAfterResumeSeconds.observe(Math.max(0, s.readyAt - s.resumedAt) / 1000);
+    }
     if (s.role === 'destination') {
       if (s.blocked && seen.blockedSince === 0) seen.blockedSince = s.updatedAt;
       else if (!s.blocked && seen.blockedSince > 0) {

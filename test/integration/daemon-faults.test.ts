@@ -134,7 +134,7 @@ describe('daemon faults around a migration (daemons as processes, namespaces)', 
     const check = await m.b.ns.exec('promtool', ['check', 'metrics'], { input: text });
     assert.equal(check.code, 0, `promtool check metrics:\n${check.stdout}${check.stderr}`);
     assert.match(text, /^ctmigrate_migrations_total\{role="destination",result="aborted"\} 1$/m);
-    for (const family of ['entries_imported_total', 'vm_blocked_seconds', 'vmstate_load_duration_seconds', 'precopy_rate_entries_per_second', 'fail_open_total', 'feed_overruns_total', 'peers_refused_total'])
+    for (const family of ['entries_imported_total', 'vm_blocked_seconds', 'vm_blocked_after_resume_seconds', 'vmstate_load_duration_seconds', 'precopy_rate_entries_per_second', 'fail_open_total', 'feed_overruns_total', 'peers_refused_total'])
       assert.match(text, new RegExp(`^# TYPE ctmigrate_${family} `, 'm'), `family ctmigrate_${family}`);
     assert.match(text, /^ctmigrate_vm_blocked_seconds_count(\{[^}]*\})? 1$/m, 'the aborted import blocked the VM once');
     await m.waitSession(m.a, (s) => s.state === 'failed', 'failed');

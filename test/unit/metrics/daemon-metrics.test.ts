@@ -60,7 +60,7 @@ describe('metrics: what Prometheus sees of the engine', () => {
     const blob = await a.vmstate.save(VM_UUID);
     await b.vmstate.load(VM_UUID, blob);
     // The session's reports follow QEMU's answer by a moment (Session.releaseSoon).
-    await clock.run(RELEASE_AFTER_ANSWER_MS);
+    await clock.run(RELEASE_AFTER_ANSWER_MS + 1);
     await a.engine.finish(VM_UUID, 'migrated');
     await b.engine.finish(VM_UUID, 'migrated');
 
@@ -80,6 +80,9 @@ describe('metrics: what Prometheus sees of the engine', () => {
     assert.equal(sample(tb, 'ctmigrate_vm_blocked_seconds_count'), 1);
     assert.equal(sample(tb, 'ctmigrate_vm_blocked_seconds_sum'), (sb.readyAt - blockedAt) / 1000);
     assert.equal(sample(tb, 'ctmigrate_vms_blocked'), 0);
+    // The state was in before QEMU resumed the VM: it never ran blocked.
+    assert.equal(sample(tb, 'ctmigrate_vm_blocked_after_resume_seconds_count'), 1);
+    assert.equal(sample(tb, 'ctmigrate_vm_blocked_after_resume_seconds_sum'), 0);
     assert.equal(sample(ta, 'ctmigrate_vmstate_save_duration_seconds_count{result="ok"}'), 1);
     assert.equal(sample(tb, 'ctmigrate_vmstate_load_duration_seconds_count{result="ok"}'), 1);
     assert.equal(sample(ta, 'ctmigrate_fail_open_total'), 0);
