@@ -5,28 +5,21 @@ import { SAVE_BOUND_MS } from '../../../plugin/source-migration';
 import { decodeReference } from '../../../plugin/vmstate-reference';
 import { FakeClock } from './fakes/fake-clock';
 import { FakeNetwork } from './fakes/fake-peer-network';
-import { Host, put, sessionOf, startHost, tcp, vm, VM_UUID, VM_V4, vmFlows, vmOnly } from './lab';
+import { Host, hostPair, Pair, sessionOf, stopPair, tcp, vm, VM_UUID, VM_V4, vmOnly } from './lab';
 
 describe('migration engine: QEMU never waits long with the VM paused (bounded Save() and Load())', () => {
+  let pair: Pair;
   let clock: FakeClock;
   let net: FakeNetwork;
   let a: Host;
   let b: Host;
 
   beforeEach(async () => {
-    clock = new FakeClock();
-    net = new FakeNetwork(clock);
-    a = await startHost(net, clock, 'A', '192.0.2.10');
-    b = await startHost(net, clock, 'B', '192.0.2.20');
-    put(a, vmFlows());
-    await a.engine.register(vm);
-    await b.engine.register(vm);
+    pair = await hostPair({ registerOnB: true });
+    ({ clock, net, a, b } = pair);
   });
 
-  afterEach(async () => {
-    await a.engine.stop();
-    await b.engine.stop();
-  });
+  afterEach(() => stopPair(pair));
 
   it('a switchover during the snapshot: Save() answers within its bound, Load() within its own, the VM resumes blocked, and the drop lifts once B holds exactly what A held', async () => {
     // The snapshot's first chunk takes 2 s on the wire.

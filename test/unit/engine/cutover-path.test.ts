@@ -1,29 +1,21 @@
 import 'reflect-metadata';
 import assert from 'node:assert/strict';
 import { FakeClock } from './fakes/fake-clock';
-import { FakeNetwork } from './fakes/fake-peer-network';
-import { CHANGE_INTERVAL_MS, foreignFlows, Host, put, sessionOf, startHost, tcp, vm, VM_UUID, VM_V4, vmFlows, vmOnly } from './lab';
+import { CHANGE_INTERVAL_MS, foreignFlows, Host, hostPair, Pair, put, sessionOf, stopPair, tcp, vm, VM_UUID, VM_V4, vmFlows, vmOnly } from './lab';
 
 describe('migration engine: the source chooses its cut-over path before the offer', () => {
+  let pair: Pair | undefined;
   let clock: FakeClock;
-  let net: FakeNetwork;
   let a: Host;
   let b: Host;
 
-  async function hosts(settings: { hotAttach?: boolean } = {}): Promise<void> {
-    clock = new FakeClock();
-    net = new FakeNetwork(clock);
-    a = await startHost(net, clock, 'A', '192.0.2.10', settings);
-    b = await startHost(net, clock, 'B', '192.0.2.20');
-    put(a, vmFlows());
+  async function hosts(settingsA: { hotAttach?: boolean } = {}): Promise<void> {
+    pair = await hostPair({ settingsA });
+    ({ clock, a, b } = pair);
     put(a, foreignFlows());
-    await a.engine.register(vm);
   }
 
-  afterEach(async () => {
-    await a?.engine.stop();
-    await b?.engine.stop();
-  });
+  afterEach(() => stopPair(pair));
 
   it('vmstate: a QEMU started with the object keeps it; nothing is added, no events followed', async () => {
     await hosts();

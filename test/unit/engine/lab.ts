@@ -215,3 +215,28 @@ export function foreignFlows(): FlowRecord[] {
 export function put(h: Host, flows: FlowRecord[]): void {
   for (const f of flows) h.kernel.put(f);
 }
+
+/** Two hosts on one fake network: A runs the VM (its entries, registered), B is where it goes. */
+export interface Pair {
+  clock: FakeClock;
+  net: FakeNetwork;
+  a: Host;
+  b: Host;
+}
+
+/** A with the VM's entries and the VM registered; B registered too when `registerOnB`; `settingsA` for A's daemon. */
+export async function hostPair(o: { registerOnB?: boolean; settingsA?: Partial<DaemonConfig> } = {}): Promise<Pair> {
+  const clock = new FakeClock();
+  const net = new FakeNetwork(clock);
+  const a = await startHost(net, clock, 'A', '192.0.2.10', o.settingsA);
+  const b = await startHost(net, clock, 'B', '192.0.2.20');
+  put(a, vmFlows());
+  await a.engine.register(vm);
+  if (o.registerOnB) await b.engine.register(vm);
+  return { clock, net, a, b };
+}
+
+export async function stopPair(p: Pair | undefined): Promise<void> {
+  await p?.a.engine.stop();
+  await p?.b.engine.stop();
+}

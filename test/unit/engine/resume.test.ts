@@ -3,27 +3,21 @@ import assert from 'node:assert/strict';
 import { MessageKind } from '../../../plugin/peer-protocol';
 import { FakeClock } from './fakes/fake-clock';
 import { FakeNetwork } from './fakes/fake-peer-network';
-import { BLOCK_TIMEOUT_MS, CHANGE_INTERVAL_MS, Host, put, sessionOf, startHost, tcp, udp, vm, VM_UUID, VM_V4, vmFlows, vmOnly } from './lab';
+import { BLOCK_TIMEOUT_MS, CHANGE_INTERVAL_MS, Host, hostPair, Pair, sessionOf, stopPair, tcp, udp, vm, VM_UUID, VM_V4, vmFlows, vmOnly } from './lab';
 
 describe('migration engine: a partition during pre-copy resumes from the last acknowledged version', () => {
+  let pair: Pair;
   let clock: FakeClock;
   let net: FakeNetwork;
   let a: Host;
   let b: Host;
 
   beforeEach(async () => {
-    clock = new FakeClock();
-    net = new FakeNetwork(clock);
-    a = await startHost(net, clock, 'A', '192.0.2.10');
-    b = await startHost(net, clock, 'B', '192.0.2.20');
-    put(a, vmFlows());
-    await a.engine.register(vm);
+    pair = await hostPair();
+    ({ clock, net, a, b } = pair);
   });
 
-  afterEach(async () => {
-    await a.engine.stop();
-    await b.engine.stop();
-  });
+  afterEach(() => stopPair(pair));
 
   /** Snapshot chunks A sent on any connection after connection `from`. */
   const snapshotChunksAfter = (from: number): number =>
