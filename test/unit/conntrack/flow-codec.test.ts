@@ -47,7 +47,9 @@ describe('flow decoder (fixtures recorded from Linux 6.18)', () => {
       assert.equal(r.replySport, 22);
       assert.equal(r.mark, 7);
       assert.equal(r.protoState, 3); // TCP_CONNTRACK_ESTABLISHED
-      assert.ok(r.hasFlag(RecordFlag.HasProtoInfo | RecordFlag.HasTimeout | RecordFlag.HasId));
+      // One flag at a time: hasFlag(A | B) holds when any one of them is set.
+      const flags: Array<[string, number]> = [['HasProtoInfo', RecordFlag.HasProtoInfo], ['HasTimeout', RecordFlag.HasTimeout], ['HasId', RecordFlag.HasId]];
+      for (const [name, flag] of flags) assert.ok(r.hasFlag(flag), `${name} is not set`);
       assert.equal(r.status & (Status.Assured | Status.SeenReply | Status.Confirmed), Status.Assured | Status.SeenReply | Status.Confirmed);
       assert.ok(r.timeout > 250 && r.timeout <= 300);
     }],
