@@ -1,3 +1,4 @@
+import { TCP_ESTABLISHED } from './flow-json';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
 import { ExtFlag, L4, R_EXT, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag, X_PRESENT } from './flow';
@@ -41,7 +42,6 @@ export class ResumeRefusedError extends Error {
   }
 }
 
-const TCP_ESTABLISHED = 3;
 
 /**
  * Snapshot parts queued for the kernel at once. Two: the writers start the

@@ -94,6 +94,8 @@ import { SnapshotKind } from './snapshot-format';
 
 /** TCP_CONNTRACK_* names, in the kernel's order. */
 export const TCP_STATES = ['NONE', 'SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'CLOSE_WAIT', 'LAST_ACK', 'TIME_WAIT', 'CLOSE', 'SYN_SENT2'];
+/** The kernel's number of TCP_CONNTRACK_ESTABLISHED (3). */
+export const TCP_ESTABLISHED = TCP_STATES.indexOf('ESTABLISHED');
 /** SCTP_CONNTRACK_* names, in the kernel's order (uapi nf_conntrack_sctp.h). */
 export const SCTP_STATES = [
   'NONE',

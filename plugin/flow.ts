@@ -196,8 +196,3 @@ export function hasPorts(l4proto: number): boolean {
 export function isIcmp(l4proto: number): boolean {
   return l4proto === L4.ICMP || l4proto === L4.ICMPV6;
 }
-
-/** Byte length of an address of the family (4 or 16). */
-export function addressBytes(family: number): number {
-  return family === AF_INET ? 4 : 16;
-}

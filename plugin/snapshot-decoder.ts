@@ -52,6 +52,7 @@ import {
   TRAILER_BYTES,
   extPartsBytes,
   helperNameProblem,
+  kindName,
   liveBaseBytes,
   tombstoneBytes,
 } from './snapshot-format';
@@ -529,6 +530,3 @@ function hex32(v: number): string {
   return v.toString(16).padStart(8, '0');
 }
 
-function kindName(kind: SnapshotKind): string {
-  return kind === SnapshotKind.Snapshot ? 'snapshot' : 'delta';
-}

@@ -27,11 +27,6 @@ export async function readSnapshot(source: ByteSource, limits: DecodeLimits): Pr
   return (s ?? new JsonLinesDecoder(limits)).end();
 }
 
-/** True when the bytes start like a binary snapshot (for callers that route by format). */
-export function looksBinary(firstBytes: Uint8Array): boolean {
-  return firstBytes.length > 0 && firstBytes[0] === MAGIC[0];
-}
-
 function toBytes(c: Uint8Array | string): Uint8Array {
   return typeof c === 'string' ? Buffer.from(c, 'utf8') : c;
 }

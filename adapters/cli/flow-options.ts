@@ -3,14 +3,6 @@ import { CtMark, CtMarkError, parseCtMark } from '../../plugin/ct-mark';
 import { FlowFilter } from '../../plugin/flow-filter';
 import { UsageError } from './usage-error';
 
-/** Parse a u32 given in decimal or 0x-hex. */
-export function parseU32(text: string, what: string): number {
-  const t = text.trim();
-  const n = /^0x[0-9a-f]{1,8}$/i.test(t) ? parseInt(t, 16) : /^[0-9]{1,10}$/.test(t) ? Number(t) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new UsageError(`${what} must be a number from 0 to 4294967295 (decimal or 0x hex), not ${JSON.stringify(text)}`);
-  return n;
-}
-
 /** `--mark VALUE[/MASK]`: mask defaults to all ones. */
 export function parseMark(text: string): CtMark {
   try {

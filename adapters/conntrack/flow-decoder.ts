@@ -12,7 +12,6 @@ import {
   AF_INET6,
   ExtFlag,
   HELPER_NAME_MAX,
-  L4,
   R_FAMILY,
   R_FLAGS,
   R_ID,
@@ -540,9 +539,4 @@ export class FlowDecoder {
       a = nextAttr(e);
     }
   }
-}
-
-/** True for the protocols whose protocol info the record keeps (TCP, SCTP, DCCP state). */
-export function keepsProtoInfo(l4proto: number): boolean {
-  return l4proto === L4.TCP || l4proto === L4.SCTP || l4proto === L4.DCCP;
 }

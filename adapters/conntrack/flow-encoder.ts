@@ -431,11 +431,6 @@ export class FlowEncoder {
   }
 }
 
-/** True when the record's extension has any part a create sends (so rare parts need no second look). */
-export function hasWritableExt(v: FlowView): boolean {
-  return (v.extPresent & (ExtFlag.Labels | ExtFlag.Helper | ExtFlag.SeqAdjOrig | ExtFlag.SeqAdjReply | ExtFlag.Synproxy | ExtFlag.Master)) !== 0;
-}
-
 /** True when the entry has labels that need the follow-up check (encodeLabels). */
 export function hasLabels(v: FlowView): boolean {
   if ((v.extPresent & ExtFlag.Labels) === 0) return false;

@@ -112,11 +112,6 @@ export function messageType(buf: Uint8Array, off: number): number {
   return buf[off + 4] | (buf[off + 5] << 8);
 }
 
-/** nlmsg_flags of the message at `off`. */
-export function messageFlags(buf: Uint8Array, off: number): number {
-  return buf[off + 6] | (buf[off + 7] << 8);
-}
-
 /** nlmsg_seq of the message at `off`. */
 export function messageSeq(buf: Uint8Array, off: number): number {
   return (buf[off + 8] | (buf[off + 9] << 8) | (buf[off + 10] << 16) | (buf[off + 11] << 24)) >>> 0;
