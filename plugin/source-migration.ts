@@ -250,11 +250,25 @@ export class SourceMigration {
     if (this.ended || this.final || this.cancelGrace) return;
     this.cancelTick = this.clock.after(this.settings.changeIntervalMs, () => {
       this.cancelTick = null;
+      const conn = this.conn;
       this.serial(() => this.tick()).then(
         () => this.scheduleTick(),
-        (e: Error) => void this.end(`shipping changes failed: ${e.message}`),
+        (e: Error) => void this.tickFailed(conn, e),
       );
     });
+  }
+
+  /**
+   * A shipment failed. When its connection died under it, the connection's
+   * end decides (wait for a resume, or end the session). Anything else ends
+   * the session.
+   */
+  private async tickFailed(conn: PeerConnection, e: Error): Promise<void> {
+    const closed = await Promise.race([conn.closed.then(() => true), new Promise<boolean>((r) => this.clock.after(1000, () => r(false)))]);
+    if (this.ended) return;
+    // A resume schedules its own shipments.
+    if (closed) return;
+    await this.end(`shipping changes failed: ${e.message}`);
   }
 
   private async tick(): Promise<void> {
