@@ -62,6 +62,8 @@ export class MigrationEngine implements MigrationService {
   private readonly destinations = new Map<string, DestinationMigration>();
   private readonly listeners = new Set<(e: ServiceEvent) => void>();
   private listener: PeerListener | null = null;
+  /** Cut-over set-ups being undone (a hot-attached object taken out of a running QEMU). */
+  private readonly releases = new Set<Promise<void>>();
   private readonly authorization: PeerAuthorization;
 
   constructor(
@@ -151,6 +153,8 @@ export class MigrationEngine implements MigrationService {
     for (const uuid of [...this.retrack.keys()]) this.cancelTrackLater(uuid);
     for (const d of this.destinations.values()) if (d.session.state !== 'ready') await d.fail('daemon stopping').catch(() => undefined);
     for (const s of this.sources.values()) await s.end('daemon stopping').catch(() => undefined);
+    // A QEMU that keeps running here loses the object a session added to it before the daemon goes.
+    await Promise.all([...this.releases]);
     for (const uuid of new Set([...this.vms.keys(), ...this.incomingHelpers])) await this.vmstate.detach(uuid).catch(() => undefined);
     for (const t of this.trackers.values()) await t.stop();
     this.trackers.clear();
@@ -449,7 +453,12 @@ export class MigrationEngine implements MigrationService {
       // A destination tries to resume until its block timeout (the same setting on every host, as a rule).
       resumeGraceMs: this.config.blockTimeoutMs + RESUME_SLACK_MS,
       onClosed: (migrated) => {
-        void arranged?.then((a) => a.release(migrated)).catch((e: Error) => this.log.warn(`cut-over set-up not undone: ${e.message}`, { vm: vm.uuid }));
+        if (!arranged) return;
+        const undo = arranged
+          .then((a) => a.release(migrated))
+          .catch((e: Error) => this.log.warn(`cut-over set-up not undone: ${e.message}`, { vm: vm.uuid }))
+          .finally(() => this.releases.delete(undo));
+        this.releases.add(undo);
       },
     });
     this.sources.set(vm.uuid, migration);

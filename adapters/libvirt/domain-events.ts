@@ -24,9 +24,24 @@ const SETTLE_MS = 300;
 /** Pause before a watcher that died (libvirtd restarted) is started again. */
 const RESTART_MS = 1000;
 
-/** virsh writes to a pipe in blocks; stdbuf makes it write each event's line at once. */
-function stdbuf(): string | undefined {
-  return ['/usr/bin/stdbuf', '/bin/stdbuf'].find((p) => existsSync(p));
+function tool(name: string): string | undefined {
+  return [`/usr/bin/${name}`, `/bin/${name}`].find((p) => existsSync(p));
+}
+
+/**
+ * The watcher's command line. virsh writes to a pipe in blocks: stdbuf makes
+ * it write each event's line at once. A daemon that dies without stopping
+ * it (kill -9) would leave it running until its next event: setpriv asks the
+ * kernel to end it with its parent (util-linux, like stdbuf's coreutils,
+ * is on every Debian host; without them the watcher runs plain).
+ */
+export function watcherCommand(uri: string): string[] {
+  let argv = ['virsh', '-c', uri, 'event', '--loop', '--event', 'lifecycle'];
+  const buf = tool('stdbuf');
+  if (buf) argv = [buf, '-oL', ...argv];
+  const priv = tool('setpriv');
+  if (priv) argv = [priv, '--pdeathsig', 'TERM', '--', ...argv];
+  return argv;
 }
 
 export class LibvirtDomainEvents implements DomainEventsPort {
@@ -45,15 +60,22 @@ export class LibvirtDomainEvents implements DomainEventsPort {
   async onMigrationPause(uuid: string, paused: () => void): Promise<() => void> {
     if (this.closed) throw new Error('domain events are closed');
     const name = await this.virsh.domainName(uuid, 3000);
-    await this.follow();
     let set = this.byName.get(name);
     if (!set) this.byName.set(name, (set = new Set()));
     const listener = (): void => paused();
+    // Listening before the watcher settles: an event in its first moments counts too.
     set.add(listener);
-    return () => {
+    const stop = (): void => {
       set.delete(listener);
       if (set.size === 0 && this.byName.get(name) === set) this.byName.delete(name);
     };
+    try {
+      await this.follow();
+    } catch (e) {
+      stop();
+      throw e;
+    }
+    return stop;
   }
 
   async close(): Promise<void> {
@@ -67,9 +89,8 @@ export class LibvirtDomainEvents implements DomainEventsPort {
   /** The watcher, started once and kept: resolves once it listens, rejects when it cannot. */
   private follow(): Promise<void> {
     if (this.following) return this.following;
-    const argv = ['virsh', '-c', this.uri, 'event', '--loop', '--event', 'lifecycle'];
-    const buf = stdbuf();
-    const child = buf ? spawn(buf, ['-oL', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [file, ...args] = watcherCommand(this.uri);
+    const child = spawn(file as string, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     let stderr = '';
     child.stderr?.on('data', (b: Buffer) => {

@@ -56,6 +56,15 @@ describe('migration engine: the source chooses its cut-over path before the offe
     assert.equal(a.kernel.texts(vmOnly).length, vmFlows().length, 'A keeps every entry');
   });
 
+  it('vmstate-hot: a daemon that stops mid-session takes the object out of the QEMU before it goes', async () => {
+    await hosts();
+    a.hypervisor.everyVmHasObject = false;
+    await b.engine.prepareIncoming(vm, { source: a.peerText });
+    assert.ok(a.hypervisor.attached.has(VM_UUID));
+    await a.engine.stop();
+    assert.ok(!a.hypervisor.attached.has(VM_UUID), "A's QEMU keeps running without the object");
+  });
+
   it('vmstate-hot: after a migration that succeeded nothing is sent to the QEMU that is gone', async () => {
     await hosts();
     a.hypervisor.everyVmHasObject = false;

@@ -35,6 +35,8 @@ export class FakeHypervisor implements VmstateObjectPort, DomainEventsPort {
 
   async remove(uuid: string): Promise<void> {
     this.calls.push(`remove ${uuid}`);
+    // A monitor command takes a round trip through libvirt: later than any microtask.
+    await new Promise((r) => setImmediate(r));
     this.attached.delete(uuid);
   }
 
