@@ -115,6 +115,15 @@ export interface CtmigrateMetadata {
   require: boolean;
 }
 
+/** The children of our `<vm>` element, each with `prefix` ('' where libvirt adds the namespace itself). */
+export function metadataChildren(meta: CtmigrateMetadata, prefix: string): string[] {
+  const out = meta.addresses.map((a) => `<${prefix}address>${escapeText(a)}</${prefix}address>`);
+  if (meta.zone !== undefined) out.push(`<${prefix}zone>${meta.zone}</${prefix}zone>`);
+  if (meta.mark !== undefined) out.push(`<${prefix}mark>${formatCtMark(meta.mark)}</${prefix}mark>`);
+  if (meta.require) out.push(`<${prefix}require/>`);
+  return out;
+}
+
 /**
  * Put our `<ctmigrate:vm>` into the domain's `<metadata>`, replacing an
  * earlier one of ours; other metadata stays as it is.
@@ -123,15 +132,8 @@ export function withCtmigrateMetadata(facts: DomainFacts, meta: CtmigrateMetadat
   const text = facts.doc.text;
   const root = facts.doc.root;
   const step = stepOf(text, root);
-  const element = (indent: string): string => {
-    const lines = [`<ctmigrate:vm xmlns:ctmigrate='${CTMIGRATE_NS}'>`];
-    for (const a of meta.addresses) lines.push(`${step}<ctmigrate:address>${escapeText(a)}</ctmigrate:address>`);
-    if (meta.zone !== undefined) lines.push(`${step}<ctmigrate:zone>${meta.zone}</ctmigrate:zone>`);
-    if (meta.mark !== undefined) lines.push(`${step}<ctmigrate:mark>${formatCtMark(meta.mark)}</ctmigrate:mark>`);
-    if (meta.require) lines.push(`${step}<ctmigrate:require/>`);
-    lines.push('</ctmigrate:vm>');
-    return lines.join(`\n${indent}`);
-  };
+  const element = (indent: string): string =>
+    [`<ctmigrate:vm xmlns:ctmigrate='${CTMIGRATE_NS}'>`, ...metadataChildren(meta, 'ctmigrate:').map((c) => `${step}${c}`), '</ctmigrate:vm>'].join(`\n${indent}`);
   const metadata = childNamed(root, '', 'metadata');
   const edits: Edit[] = [];
   if (facts.metadata) {

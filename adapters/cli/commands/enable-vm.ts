@@ -2,12 +2,11 @@ import { DependencyContainer } from 'tsyringe';
 import { formatAddress, parseAddress } from '../../../plugin/address';
 import { ManagerClient, ManagerClientError } from '../../../plugin/ports/manager-client';
 import { DbusVmStatePort } from '../../dbus/dbus-vmstate-port';
-import { CtmigrateMetadata, withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
+import { CtmigrateMetadata, metadataChildren, withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
 import { CTMIGRATE_NS, DomainXmlError, readDomain } from '../../libvirt/domain-xml';
 import { unifiedDiff } from '../../libvirt/unified-diff';
 import { Virsh, VirshError } from '../../libvirt/virsh';
-import { escapeText, XmlRefusedError } from '../../libvirt/xml-reader';
-import { formatCtMark } from '../../../plugin/ct-mark';
+import { XmlRefusedError } from '../../libvirt/xml-reader';
 import { vmSpec, VmSpecError } from '../../../plugin/vm';
 import { Command, CommandIo } from '../command';
 import { parseMark, parseZone } from '../flow-options';
@@ -46,11 +45,7 @@ interface LiveOptions {
 
 /** The `<ctmigrate:vm>` element for virsh metadata --set (libvirt puts it, and its children, in our namespace). */
 function metadataElement(meta: CtmigrateMetadata): string {
-  const parts = meta.addresses.map((a) => `<address>${escapeText(a)}</address>`);
-  if (meta.zone !== undefined) parts.push(`<zone>${meta.zone}</zone>`);
-  if (meta.mark !== undefined) parts.push(`<mark>${formatCtMark(meta.mark)}</mark>`);
-  if (meta.require) parts.push('<require/>');
-  return `<vm>${parts.join('')}</vm>`;
+  return `<vm>${metadataChildren(meta, '').join('')}</vm>`;
 }
 
 /** enable-vm --live: metadata on the running domain (and its definition), then register with the daemon. */
