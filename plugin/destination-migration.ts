@@ -1,7 +1,7 @@
-import { TCP_ESTABLISHED } from './flow-json';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ConnectionTable, Scan } from './connection-table';
-import { ExtFlag, L4, R_EXT, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag, X_PRESENT } from './flow';
+import { isEstablishedTcp } from './established-tcp';
+import { ExtFlag, R_EXT, R_FLAGS, RecordFlag, X_PRESENT } from './flow';
 import { FlowView } from './flow-view';
 import { confine, confineKey, ownsOriginalTuple, Refusal, refusalSummary, REFUSAL_KINDS } from './import-confinement';
 import { CloseReason, MessageKind, OfferMessage, PeerMessage } from './peer-protocol';
@@ -115,6 +115,7 @@ export class DestinationMigration {
     snapshotApplied: false,
     finalApplied: false,
     finalEstablishedApplied: false,
+    establishedApplied: false,
     announced: null,
     committed: 0,
   };
@@ -174,6 +175,11 @@ export class DestinationMigration {
     let received = 0;
     let bytes = 0;
     let refused = 0;
+    /** Version up to which the source handed over changes during the snapshot (a switchover came first). */
+    let handedTo = 0;
+    let handedOver = false;
+    /** A snapshot chunk came after the hand-over: it is complete. */
+    let handoverDone = false;
     /**
      * Parts of the snapshot on their way into the kernel, oldest first. The
      * kernel writes run on their own threads: the next part is received,
@@ -193,7 +199,19 @@ export class DestinationMigration {
         }
         // A failure from outside (abort, stop) may have rolled back meanwhile: never touch the table again.
         if (this.ended) throw new Error(`session ${this.session.id} ended; nothing more is imported`);
-        if (m.kind === MessageKind.SnapshotChunk) {
+        if (m.kind === MessageKind.SnapshotChunk && m.established) {
+          handoverDone = true;
+          // After a switchover during the snapshot: every established TCP
+          // entry of the VM's state at its stop is here once what came
+          // before this mark is in the kernel.
+          while (inFlight.length > 0) refused += await (inFlight.shift() as Promise<number>);
+          if (handedOver && !this.progress.establishedApplied) {
+            this.progress.establishedApplied = true;
+            this.log.info('established TCP entries imported ahead of the snapshot\'s rest', { vm: this.vm.uuid, session: this.session.id, committed: this.progress.committed });
+            await this.checkReady();
+          }
+        } else if (m.kind === MessageKind.SnapshotChunk) {
+          if (handedOver) handoverDone = true;
           // Throws on the first malformed entry, before anything after it is committed.
           snapshot.write(m.bytes);
           bytes += m.bytes.length;
@@ -218,10 +236,30 @@ export class DestinationMigration {
             await this.commit(0, table.version, Slot.Deferred, related);
           }
           this.progress.snapshotApplied = true;
-          this.session.update({ version: offer.snapshotVersion });
+          const version = Math.max(offer.snapshotVersion, handedTo);
+          this.session.update({ version });
           this.session.moveTo('streaming');
-          await this.conn.acknowledge(offer.snapshotVersion);
+          await this.conn.acknowledge(version);
           this.log.info('snapshot imported', { vm: this.vm.uuid, session: this.session.id, entries: decoded.entries, committed: this.progress.committed });
+          await this.checkReady();
+        } else if (m.kind === MessageKind.Changes && !this.progress.snapshotApplied) {
+          // A switchover came before the snapshot ended: the source hands
+          // over what changed since the snapshot's version ahead of its rest
+          // (snapshot-shipment.ts). Once, right after the snapshot's version.
+          // Contiguous when it takes more than one frame, and no chunk between them.
+          if (handoverDone || m.from !== (handedOver ? handedTo : offer.snapshotVersion)) throw new Error(`source sent changes (${m.from}, ${m.to}] during the snapshot of version ${offer.snapshotVersion}`);
+          const decoded = decodeSnapshot(m.bytes, { maxEntries: this.settings.tableCapacity });
+          // A deletion here may name an entry a part still on its way in creates: those land first.
+          while (inFlight.length > 0) refused += await (inFlight.shift() as Promise<number>);
+          received += decoded.entries;
+          bytes += m.bytes.length;
+          this.session.update({ received, bytes });
+          await this.apply(decoded.table, false);
+          // The snapshot's next part starts after these versions.
+          committedTo = table.version;
+          handedTo = m.to;
+          handedOver = true;
+          // Not acknowledged before the snapshot's end: an acknowledgement past the snapshot's version says "the whole snapshot is in".
           await this.checkReady();
         } else if (m.kind === MessageKind.Changes || m.kind === MessageKind.Final) {
           if (!this.progress.snapshotApplied) throw new Error(`source sent ${MessageKind[m.kind]} before the snapshot ended`);
@@ -417,15 +455,24 @@ export class DestinationMigration {
           t.remove(v);
           st[s] = 0;
         } else if (this.refuses(v, true)) refused++;
+        else if (s >= 0) {
+          // Not in the kernel yet (a related entry held for the snapshot's end): it never goes.
+          t.remove(v);
+          st[s] = 0;
+        }
         continue;
       }
       if (this.refuses(v)) {
         refused++;
         continue;
       }
-      const established = v.u8[v.rec + R_L4PROTO] === L4.TCP && v.u8[v.rec + R_PROTO_STATE] === TCP_ESTABLISHED && (v.u8[v.rec + R_FLAGS] & RecordFlag.HasProtoInfo) !== 0;
+      const established = isEstablishedTcp(v);
       const s = t.upsert(v);
-      if (final && established) {
+      if (!this.progress.snapshotApplied && v.ext >= 0 && (v.u32[(v.ext + X_PRESENT) >> 2] & ExtFlag.Master) !== 0) {
+        // Changes handed over during the snapshot: the master may be in its rest.
+        st[s] = (st[s] & Slot.Imported) | Slot.Deferred;
+        this.deferred.push(s);
+      } else if (final && established) {
         st[s] = (st[s] & Slot.Imported) | Slot.First;
         first.push(s);
       } else {
@@ -530,7 +577,7 @@ export class DestinationMigration {
     this.cancelTimeout?.();
     this.cancelTimeout = null;
     // During the final the VM is paused until Load() returns.
-    await this.blocker.unblock(this.vm.uuid, { paused: this.progress.finalApplied || this.progress.finalEstablishedApplied });
+    await this.blocker.unblock(this.vm.uuid, { paused: this.progress.finalApplied || this.progress.finalEstablishedApplied || this.progress.establishedApplied });
   }
 
   private async blockTimedOut(): Promise<void> {

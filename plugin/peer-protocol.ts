@@ -157,6 +157,12 @@ export interface SnapshotChunkMessage {
   seq: number;
   /** Set on the chunk that ends the snapshot stream. */
   last: boolean;
+  /**
+   * Set on an empty chunk after a switchover during the snapshot: every
+   * established TCP entry the snapshot still had came before it (the
+   * changes since the snapshot came first; see snapshot-shipment.ts).
+   */
+  established?: boolean;
   bytes: Uint8Array;
 }
 
@@ -434,7 +440,7 @@ export function encodeFrame(m: PeerMessage, maxFrameBytes = DEFAULT_MAX_FRAME_BY
     case MessageKind.SnapshotChunk:
       checkU32('chunk number', m.seq);
       w.u32(m.seq);
-      w.u8(m.last ? 1 : 0);
+      w.u8((m.last ? 1 : 0) | (m.established ? 2 : 0));
       tail = m.bytes;
       break;
     case MessageKind.Changes:
@@ -648,9 +654,18 @@ export function decodePayload(kind: number, payload: Uint8Array): PeerMessage {
       m = offer;
       break;
     }
-    case MessageKind.SnapshotChunk:
-      m = { kind: k, seq: r.u32('chunk number'), last: r.flag('last-chunk flag'), bytes: r.rest() };
+    case MessageKind.SnapshotChunk: {
+      const seq = r.u32('chunk number');
+      const flags = r.u8('chunk flags');
+      if (flags > 3) throw r.bad(`chunk flags ${flags}`);
+      const chunk: SnapshotChunkMessage = { kind: k, seq, last: (flags & 1) !== 0, bytes: r.rest() };
+      if (flags & 2) {
+        if (chunk.bytes.length > 0 || chunk.last) throw r.bad('an established-entries mark on a chunk that carries entries or ends the snapshot');
+        chunk.established = true;
+      }
+      m = chunk;
       break;
+    }
     case MessageKind.Changes: {
       const from = r.version('from version');
       const to = r.version('to version');

@@ -6,7 +6,10 @@
  * - `fraction:F`: at least F (0 < F <= 1) of the entries the source
  *   announced are committed.
  * - `tcp-established`: the established TCP entries of the final state are
- *   committed; the final delta commits them first, the rest follows.
+ *   committed; the final delta commits them first, the rest follows. After
+ *   a switchover during the snapshot the source sends the changes since the
+ *   snapshot, then the snapshot's remaining established TCP entries, then
+ *   the rest (snapshot-shipment.ts): the drop lifts once the first two are in.
  */
 export type Readiness =
   | { kind: 'complete' }
@@ -45,6 +48,11 @@ export interface ImportProgress {
   finalApplied: boolean;
   /** The established TCP entries of the final delta are committed (the rest may not be yet). */
   finalEstablishedApplied: boolean;
+  /**
+   * A switchover came during the snapshot, and the changes since the
+   * snapshot plus every established TCP entry of its rest are committed.
+   */
+  establishedApplied: boolean;
   /** Entries the source announced for its snapshot (null: unknown). */
   announced: number | null;
   committed: number;
@@ -58,7 +66,7 @@ export function isReady(r: Readiness, p: ImportProgress): boolean {
     case 'precopy':
       return p.snapshotApplied;
     case 'tcp-established':
-      return p.finalEstablishedApplied || p.finalApplied;
+      return p.finalEstablishedApplied || p.establishedApplied || p.finalApplied;
     case 'fraction':
       if (p.finalApplied) return true;
       if (!p.snapshotApplied && p.announced === null) return false;

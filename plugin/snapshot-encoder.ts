@@ -308,6 +308,17 @@ export class SnapshotEncoder {
     if (this.sinkError) throw this.sinkError;
   }
 
+  /**
+   * End the current chunk here: what is written so far goes to the sink now
+   * (a chunk holds whole entries), and what follows starts a new chunk. A
+   * writer that must send something else between two entries of the stream
+   * cuts, drains, and sends it.
+   */
+  cut(): void {
+    if (this.state !== 'entries') throw new Error('SnapshotEncoder.cut() outside begin()/end()');
+    if (this.pos > 0) this.flush();
+  }
+
   /** @internal Byte position in the current chunk (for encodeTable's torn-read retry). */
   get position(): number {
     return this.pos;
@@ -417,8 +428,8 @@ export function encodeTableToBuffer(table: ConnectionTable, sel: TableSelection)
   return { bytes, summary };
 }
 
-/** Encode the cursor's slot; rewind and re-read it if a writer touched it meanwhile. */
-function encodeSlot(enc: SnapshotEncoder, cur: Cursor, filter: ((v: FlowView) => boolean) | undefined): void {
+/** Encode the cursor's slot (if `filter` keeps it); rewind and re-read it if a writer touched it meanwhile. */
+export function encodeSlot(enc: SnapshotEncoder, cur: Cursor, filter: ((v: FlowView) => boolean) | undefined): void {
   const v = cur.view;
   for (;;) {
     enc.reserve();

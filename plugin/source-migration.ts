@@ -8,7 +8,8 @@ import { ConntrackPort } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
 import { formatPeerAddress, PeerConnection } from './ports/peer-port';
 import { Session } from './session';
-import { DEFAULT_CHUNK_BYTES, encodeTable, encodeTableToBuffer } from './snapshot-encoder';
+import { DEFAULT_CHUNK_BYTES, encodeTableToBuffer } from './snapshot-encoder';
+import { streamSnapshot } from './snapshot-shipment';
 import { VmSpec, vmAddressTexts } from './vm';
 import { VmTracker } from './vm-tracker';
 import { VmStateReference } from './vmstate-reference';
@@ -60,6 +61,8 @@ export class SourceMigration {
   private snapshotVersion = Number.MAX_SAFE_INTEGER;
   /** The peer link was lost during pre-copy: cancels the wait for a resume. */
   private cancelGrace: (() => void) | null = null;
+  /** The cut-over was asked for: a snapshot still going out changes its order (snapshot-shipment.ts). */
+  private switchedOver = false;
 
   constructor(
     readonly session: Session,
@@ -229,19 +232,36 @@ export class SourceMigration {
     // destination's kernel writes start on the first entries instead of
     // waiting for a whole chunk (and for the next one to be encoded). An
     // empty chunk says "last".
-    const summary = await encodeTable(
+    const summary = await streamSnapshot(
       table,
-      { scan: Scan.Snapshot, from: 0, to: v0 },
+      v0,
       async (chunk) => {
         bytes += chunk.length;
         await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, bytes: chunk });
+      },
+      {
+        switchedOver: () => this.switchedOver,
+        handOver: async () => {
+          // What changed since the snapshot's version, the deletions too: the
+          // VM's state at its stop, but for the snapshot's unchanged tail.
+          const to = await feed.sync();
+          const before = this.session.info.sent;
+          await this.shipChanges(v0, to);
+          this.log.info('switchover before the snapshot ended: the changes since the snapshot go first, then its remaining established TCP entries, then the rest', {
+            vm: this.vm.uuid,
+            session: this.session.id,
+            changes: this.session.info.sent - before,
+            version: to,
+          });
+        },
+        establishedSent: () => this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: false, established: true, bytes: new Uint8Array(0) }),
       },
       chunkBytes,
       Math.min(chunkBytes, FIRST_CHUNK_BYTES),
     );
     await this.conn.send({ kind: MessageKind.SnapshotChunk, seq: seq++, last: true, bytes: new Uint8Array(0) });
-    this.shipped = v0;
-    this.session.update({ sent: summary.entries, bytes, version: v0 });
+    if (this.shipped < v0) this.shipped = v0;
+    this.session.update({ sent: this.session.info.sent + summary.entries, bytes: this.session.info.bytes + bytes, version: this.shipped });
     this.session.moveTo('streaming');
     this.log.info('snapshot shipped', { vm: this.vm.uuid, session: this.session.id, entries: summary.entries, bytes, version: v0 });
   }
@@ -317,6 +337,7 @@ export class SourceMigration {
    */
   cutover(options: { paused?: boolean } = {}): Promise<VmStateReference> {
     if (this.final) return Promise.resolve(this.final);
+    this.switchedOver = true;
     this.cancelTick?.();
     this.cancelTick = null;
     if (options.paused) {

@@ -7,6 +7,11 @@ import { MessageKind, PeerMessage, PeerProtocolError } from '../../plugin/peer-p
  *
  *   Offer → SnapshotChunk 0..n (last flag) → Changes (from = previous to)… → Final → (nothing more of data)
  *
+ * A switchover during the snapshot puts its hand-over inside it: Changes
+ * from the snapshot's version on (contiguous, with no chunk between them),
+ * and later one empty chunk marked "established" (snapshot-shipment.ts).
+ * The Final still comes after the snapshot.
+ *
  * After an Offer that answers a Resume, no snapshot comes and the changes
  * start at the resume point. Control messages (Error, Close, WhoHas…) may
  * come at any time; a second Hello or Offer may not.
@@ -18,6 +23,11 @@ export class StreamOrder {
   private snapshotDone = false;
   private nextFrom = 0;
   private finished = false;
+  /** The changes a switchover handed over inside the snapshot have come (one or more contiguous Changes). */
+  private handedOver = false;
+  /** A snapshot chunk came after them: no more changes until the snapshot ends. */
+  private handoverDone = false;
+  private marked = false;
 
   /** Throws PeerProtocolError ('order') when `m` may not come now. */
   check(m: PeerMessage): void {
@@ -36,13 +46,25 @@ export class StreamOrder {
         if (this.resumed) throw this.order(m.kind, 'sent a snapshot chunk in a resumed session');
         if (this.snapshotDone) throw this.order(m.kind, 'sent a snapshot chunk after the snapshot ended');
         if (m.seq !== this.nextSeq) throw this.order(m.kind, `sent snapshot chunk ${m.seq} where ${this.nextSeq} was due`);
+        if (m.established) {
+          if (!this.handedOver || this.marked) throw this.order(m.kind, 'marked the established entries without changes handed over first, or twice');
+          this.marked = true;
+        }
         this.nextSeq++;
+        if (this.handedOver) this.handoverDone = true;
         if (m.last) this.snapshotDone = true;
         return;
       case MessageKind.Changes:
       case MessageKind.Final:
         this.dataAllowed(m.kind);
-        if (!this.snapshotDone) throw this.order(m.kind, 'sent changes before the snapshot ended');
+        if (!this.snapshotDone) {
+          // Only the one hand-over of a switchover, right after the snapshot's version.
+          if (m.kind === MessageKind.Final || this.handoverDone) throw this.order(m.kind, 'sent changes before the snapshot ended');
+          if (m.from !== this.nextFrom) throw this.order(m.kind, `sent versions (${m.from}, ${m.to}] inside the snapshot of version ${this.nextFrom}`);
+          this.handedOver = true;
+          this.nextFrom = m.to;
+          return;
+        }
         if (m.from !== this.nextFrom)
           throw this.order(m.kind, `sent versions (${m.from}, ${m.to}] where (${this.nextFrom}, …] was due`);
         this.nextFrom = m.to;

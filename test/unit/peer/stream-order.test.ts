@@ -42,7 +42,17 @@ describe('session stream order', () => {
 
   it('refuses data before an Offer', () => assert.match(refused([chunk(0)]), /before an Offer/));
   it('refuses a skipped snapshot chunk', () => assert.match(refused([offer(), chunk(0), chunk(2)]), /chunk 2 where 1 was due/));
-  it('refuses changes before the snapshot ended', () => assert.match(refused([offer(), chunk(0), changes(10, 11)]), /before the snapshot ended/));
+  it('accepts a switchover inside the snapshot: contiguous changes from its version, the established mark, the rest, the Final after it', () => {
+    const o = new StreamOrder();
+    const mark: PeerMessage = { kind: MessageKind.SnapshotChunk, seq: 2, last: false, established: true, bytes: none };
+    for (const m of [offer(), chunk(0), changes(10, 11), changes(11, 13), chunk(1), mark, chunk(3, true), changes(13, 14), final(14, 15)]) o.check(m);
+    assert.ok(o.complete);
+  });
+  it('refuses changes inside the snapshot that do not start at its version', () => assert.match(refused([offer(), chunk(0), changes(9, 11)]), /inside the snapshot of version 10/));
+  it('refuses a second hand-over inside the snapshot', () => assert.match(refused([offer(), chunk(0), changes(10, 11), chunk(1), changes(11, 12)]), /before the snapshot ended/));
+  it('refuses a Final before the snapshot ended', () => assert.match(refused([offer(), chunk(0), final(10, 11)]), /before the snapshot ended/));
+  it('refuses an established mark without a hand-over', () =>
+    assert.match(refused([offer(), chunk(0), { kind: MessageKind.SnapshotChunk, seq: 1, last: false, established: true, bytes: none }]), /without changes handed over/));
   it('refuses a gap in versions', () => assert.match(refused([offer(), chunk(0, true), changes(11, 12)]), /\(11, 12\] where \(10, …\] was due/));
   it('refuses a snapshot chunk after the snapshot ended', () => assert.match(refused([offer(), chunk(0, true), chunk(1)]), /after the snapshot ended/));
   it('refuses a snapshot in a resumed session', () => assert.match(refused([offer(3), chunk(0)]), /resumed session/));

@@ -1,0 +1,146 @@
+import 'reflect-metadata';
+import assert from 'node:assert/strict';
+import { ConnectionTable, Scan } from '../../../plugin/connection-table';
+import { isEstablishedTcp } from '../../../plugin/established-tcp';
+import { FlowRecord } from '../../../plugin/flow-view';
+import { MessageKind, PeerMessage } from '../../../plugin/peer-protocol';
+import { SnapshotDecoder } from '../../../plugin/snapshot-decoder';
+import { SnapshotKind } from '../../../plugin/snapshot-format';
+import { SAVE_BOUND_MS } from '../../../plugin/source-migration';
+import { flowMatches } from '../../../plugin/flow-filter';
+import { FakeClock } from './fakes/fake-clock';
+import { entryText } from './fakes/fake-kernel';
+import { FakeNetwork } from './fakes/fake-peer-network';
+import { Host, hostPair, Pair, sessionOf, stopPair, tcp, udp, vm, VM_UUID, VM_V4, vmOnly } from './lab';
+
+/** Entries of the VM on A besides the lab's own: UDP and established TCP, one after the other in A's table. */
+const EXTRA = 3000;
+/** How long each snapshot chunk with entries takes on the wire (a slow link; the kernel here is instant). */
+const CHUNK_MS = 200;
+
+const udpFlow = (i: number): FlowRecord => udp(VM_V4, 10_000 + i, '198.51.100.60', 53, { timeout: 30 });
+const tcpFlow = (i: number, state?: number): FlowRecord => tcp('198.51.100.61', 10_000 + i, VM_V4, 443, state === undefined ? {} : { state });
+
+/** What one message on the source's side of the link carried. */
+interface Sent {
+  kind: MessageKind;
+  established?: boolean;
+  /** Entries in a snapshot chunk, and how many of them are established TCP. */
+  entries?: number;
+  establishedEntries?: number;
+}
+
+describe('migration engine: a switchover during the snapshot sends what matters first (import order)', () => {
+  let pair: Pair;
+  let clock: FakeClock;
+  let net: FakeNetwork;
+  let a: Host;
+  let b: Host;
+  let wire: Sent[];
+
+  beforeEach(async () => {
+    pair = await hostPair({ registerOnB: true });
+    ({ clock, net, a, b } = pair);
+    for (let i = 0; i < EXTRA; i++) a.kernel.put(i % 2 === 0 ? udpFlow(i) : tcpFlow(i));
+    wire = [];
+    net.listenerBeforeSend = (m: PeerMessage) => {
+      wire.push(sentOf(m));
+      if (m.kind !== MessageKind.SnapshotChunk || m.bytes.length === 0) return Promise.resolve();
+      return new Promise((r) => clock.after(CHUNK_MS, r));
+    };
+  });
+
+  afterEach(() => stopPair(pair));
+
+  it('the changes since the snapshot go first, then its established TCP entries (tcp-established lifts the drop), then the rest; B ends exact', async () => {
+    await b.engine.prepareIncoming(vm, { source: a.peerText, readyWhen: 'tcp-established' });
+    await clock.run(CHUNK_MS / 2);
+    assert.equal(sessionOf(b).state, 'precopy');
+    // After the snapshot's version: an entry the first chunk carried changes
+    // (no longer established), one of the snapshot's tail goes, one is new.
+    a.kernel.put(tcpFlow(1, 5));
+    assert.ok(a.kernel.delete(udpFlow(EXTRA - 2)));
+    a.kernel.put(tcpFlow(EXTRA + 1));
+
+    // QEMU's switchover: the VM pauses on A, the snapshot is not across.
+    const blob = a.vmstate.save(VM_UUID);
+    await clock.run(SAVE_BOUND_MS);
+    const loading = b.vmstate.load(VM_UUID, await blob);
+    await clock.run(b.config.loadTimeoutMs);
+    await loading;
+    assert.ok(b.blocker.isBlocked(VM_UUID), 'the VM resumed on B with its traffic dropped');
+
+    for (let i = 0; i < 100 && b.blocker.isBlocked(VM_UUID); i++) await clock.run(10);
+    assert.ok(!b.blocker.isBlocked(VM_UUID), 'the drop lifted');
+    // Lifted before the snapshot's tail is in: the established flows are, exactly as on A.
+    assert.equal(sessionOf(b).state, 'precopy', 'the drop lifted only once the whole snapshot was in');
+    const established = (h: Host): string[] => {
+      const out: string[] = [];
+      h.kernel.forEach((r) => {
+        if (flowMatches(vmOnly, r) && isEstablishedTcp(r)) out.push(entryText(r));
+      });
+      return out.sort();
+    };
+    assert.ok(established(a).length >= EXTRA / 2, `A holds ${established(a).length} established TCP entries`);
+    assert.deepEqual(established(b), established(a), 'B holds every established TCP entry of the VM when the drop lifts');
+    assert.ok(b.kernel.texts(vmOnly).length < a.kernel.texts(vmOnly).length, 'the snapshot\'s rest was still on its way');
+
+    for (let i = 0; i < 100 && sessionOf(b).state !== 'ready'; i++) await clock.run(50);
+    assert.equal(sessionOf(b).state, 'ready');
+    assert.deepEqual(b.kernel.texts(vmOnly), a.kernel.texts(vmOnly), 'B ends exact: the change, the deletion and the new entry included');
+
+    // On the wire: chunks, the changes, the snapshot's established entries, the mark, the rest, its end, the Final.
+    const kinds = wire.map((w) => (w.established ? 'mark' : MessageKind[w.kind]));
+    const changes = kinds.indexOf('Changes');
+    const mark = kinds.indexOf('mark');
+    const last = wire.findIndex((w) => w.kind === MessageKind.SnapshotChunk && w.entries === -1);
+    const final = kinds.indexOf('Final');
+    assert.ok(changes > 0 && mark > changes && last > mark && final > last, kinds.join(' '));
+    const between = wire.slice(changes + 1, mark).filter((w) => (w.entries ?? 0) > 0);
+    assert.ok(between.length > 0 && between.every((w) => w.entries === w.establishedEntries), 'only established TCP entries between the changes and the mark');
+    const after = wire.slice(mark + 1, last + 1).filter((w) => (w.entries ?? 0) > 0);
+    assert.ok(after.length > 0 && after.every((w) => w.establishedEntries === 0), 'no established TCP entry after the mark');
+    assert.ok(a.log.at('info').some((m) => /switchover before the snapshot ended/.test(m)));
+    assert.ok(b.log.at('info').some((m) => /established TCP entries imported ahead/.test(m)));
+  });
+
+  it('with the snapshot across before the switchover, nothing changes: no mark, the Final after the snapshot', async () => {
+    net.listenerBeforeSend = (m: PeerMessage) => {
+      wire.push(sentOf(m));
+      return Promise.resolve();
+    };
+    await b.engine.prepareIncoming(vm, { source: a.peerText, readyWhen: 'tcp-established' });
+    await clock.run(0);
+    assert.equal(sessionOf(b).state, 'streaming');
+    await b.vmstate.load(VM_UUID, await a.vmstate.save(VM_UUID));
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+    assert.ok(!wire.some((w) => w.established));
+    assert.deepEqual(b.kernel.texts(vmOnly), a.kernel.texts(vmOnly));
+  });
+});
+
+/** The snapshot as the source sent it so far, decoded, to count what each chunk carried. */
+let staging: ConnectionTable | null = null;
+let decoder: SnapshotDecoder | null = null;
+function sentOf(m: PeerMessage): Sent {
+  if (m.kind !== MessageKind.SnapshotChunk) return { kind: m.kind };
+  if (m.established) return { kind: m.kind, established: true };
+  if (m.last) {
+    decoder = staging = null;
+    return { kind: m.kind, entries: -1 };
+  }
+  if (!decoder || !staging) {
+    staging = ConnectionTable.create({ capacity: 4 * EXTRA, extCapacity: 4 * EXTRA });
+    decoder = new SnapshotDecoder({ maxEntries: 4 * EXTRA, staging, kind: SnapshotKind.Snapshot });
+  }
+  const from = staging.version;
+  decoder.write(m.bytes);
+  let entries = 0;
+  let establishedEntries = 0;
+  const cur = staging.cursor().reset(Scan.Delta, from, staging.version);
+  while (cur.next()) {
+    entries++;
+    if (isEstablishedTcp(cur.view)) establishedEntries++;
+  }
+  return { kind: m.kind, entries, establishedEntries };
+}
