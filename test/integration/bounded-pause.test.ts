@@ -46,6 +46,7 @@ describe('a switchover during the pre-copy never holds the VM paused (bounded Sa
       (_, i) => `-A -t 3600 -u SEEN_REPLY,ASSURED -s ${ADDR.vm} -d 198.51.100.${20 + Math.floor(i / 60_000)} -p tcp --sport ${1024 + (i % 60_000)} --dport 443 --state ESTABLISHED`,
     );
     await bulkLoad(lab.a.ns, lines);
+    const watch = await lab.watchForwarding(lab.b);
     let atStop: Promise<string[]> | null = null;
     const out = await lab.migrate({
       mode: 'vmstate',
@@ -58,16 +59,22 @@ describe('a switchover during the pre-copy never holds the VM paused (bounded Sa
       },
       progress: say,
     });
+    const forwarding = await watch.stop();
     const d = out.destination;
     assert.ok(d, 'B has no session');
     const blockedAfterResume = d.readyAt - d.resumedAt;
     say(
       `QEMU downtime ${out.qemu.downtime} ms, blackout ${out.blackoutMs.toFixed(1)} ms; the VM ran blocked on B for ${blockedAfterResume} ms after it resumed; ` +
-        `flows ${out.flows.kept}/${FLOWS}, longest stall ${out.flows.maxStallMs} ms; ${d.committed} entries committed`,
+        `flows ${out.flows.kept}/${FLOWS}, longest stall ${out.flows.maxStallMs} ms; ${d.committed} entries committed; ` +
+        `B: ${forwarding.blockedSamples} of ${forwarding.samples} samples with the drop, ${forwarding.droppedWhileBlocked} packets dropped and ${forwarding.forwardedWhileBlocked} forwarded in them, ${forwarding.forwarded} forwarded in all`,
     );
     assert.ok((out.qemu.downtime ?? Infinity) < DOWNTIME_LIMIT_MS, `QEMU kept the VM paused ${out.qemu.downtime} ms`);
     assert.ok(d.resumedAt > 0, 'Load() was never called on B');
     assert.ok(blockedAfterResume > 0, 'the pre-copy had ended before the switchover: the test did not exercise the case');
+    // Nothing of the VM got through B while its drop was there, though its traffic was arriving.
+    assert.equal(forwarding.forwardedWhileBlocked, 0, 'B forwarded packets of the VM before its state was ready');
+    assert.ok(forwarding.droppedWhileBlocked > 0, 'no packet of the VM reached B while it was blocked: the test did not exercise the case');
+    assert.ok(forwarding.forwarded > 0, 'B never forwarded the VM\'s traffic after the lift');
     assert.equal(out.flows.broken, 0, JSON.stringify(out.flows.reasons));
     assert.equal(out.flows.kept, FLOWS);
     // B held the drop until its state was in; then it held what A held at the stop.
