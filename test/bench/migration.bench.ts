@@ -7,6 +7,7 @@
  *
  *   node dist/test/bench/migration.bench.js [--sizes 10k,100k,1M] [--quick]
  *        [--reps K] [--plain-reps K] [--churn FRAC] [--churn-ms MS]
+ *        [--switchover F,F|--no-switchover] [--switchover-from N]
  *        [--no-conntrackd] [--no-dump-helper] [--json FILE] [--logs DIR] [--cpu-prof DIR]
  *
  * For each size N (default 10k, 100k, 1M; --quick: 10k and 100k):
@@ -29,6 +30,13 @@
  *   kernel must hold exactly A's VM entries (tuples and marks; only churn
  *   that happened after STOP may differ). Both sessions are then finished
  *   as failed (B rolls back) for the next repetition;
+ * - switchover during the pre-copy (sizes >= --switchover-from, default
+ *   1M): QMP migrate at each fraction F (default 0.25 and 0.5) of the
+ *   pre-copy time just measured, with the churn running from the session's
+ *   start; QEMU's own downtime figure beside the plain runs' and the runs
+ *   where QEMU waited, how long the VM ran blocked on B after it resumed
+ *   (RESUME to B's "state ready" log line), the time until ready, and B
+ *   exact;
  * - baseline 2: a dump-everything helper (dump-helper.ts) on its own buses:
  *   its Save() returns all of the VM's entries as one blob; QEMU refuses
  *   blobs over 1 MiB. Its blackout, or how it failed and at what size;
@@ -70,6 +78,10 @@ const QEMU_LIMIT = 1 << 20;
 const CD_CHUNK = 50_000;
 
 const TARGET = {
+  /** QEMU's downtime over its downtime without ctmigrate, switchover at half the 1M pre-copy (issue 14). */
+  earlyDowntimeMs: 100,
+  earlyAt: 1_000_000,
+  earlyFraction: 0.5,
   addedMs: 20,
   commitRatio: 25,
   precopyRate: 200_000,
@@ -89,18 +101,33 @@ interface Options {
   logs?: string;
   /** Run the daemons under node --cpu-prof, profiles into this folder. */
   cpuProf?: string;
+  /** Switchovers during the pre-copy: QMP migrate at these fractions of the measured pre-copy time. */
+  switchover: number[];
+  /** Sizes from which the switchover runs happen (default 1M; --switchover-from 0: every size). */
+  switchoverFrom: number;
 }
 
 function usage(): never {
   process.stderr.write(
     'usage: migration.bench.js [--sizes N,N...] [--quick] [--reps K] [--plain-reps K] [--churn FRAC] [--churn-ms MS]\n' +
+      '                          [--switchover F,F...|--no-switchover] [--switchover-from N]\n' +
       '                          [--no-conntrackd] [--no-dump-helper] [--json FILE] [--logs DIR] [--cpu-prof DIR]\n',
   );
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { sizes: [10_000, 100_000, 1_000_000], reps: 3, plainReps: 5, churn: 0.01, churnMs: 1000, conntrackd: true, dumpHelper: true };
+  const o: Options = {
+    sizes: [10_000, 100_000, 1_000_000],
+    reps: 3,
+    plainReps: 5,
+    churn: 0.01,
+    churnMs: 1000,
+    conntrackd: true,
+    dumpHelper: true,
+    switchover: [0.25, 0.5],
+    switchoverFrom: 1_000_000,
+  };
   let sizesGiven = false;
   let quick = false;
   const args = argWalker(argv, usage);
@@ -119,6 +146,11 @@ function parseArgs(argv: string[]): Options {
     } else if (a === '--churn-ms') o.churnMs = num(val());
     else if (a === '--no-conntrackd') o.conntrackd = false;
     else if (a === '--no-dump-helper') o.dumpHelper = false;
+    else if (a === '--switchover') {
+      o.switchover = val().split(',').map(Number);
+      if (!o.switchover.every((f) => f > 0 && f < 1)) usage();
+    } else if (a === '--no-switchover') o.switchover = [];
+    else if (a === '--switchover-from') o.switchoverFrom = Number(val());
     else if (a === '--json') o.json = val();
     else if (a === '--logs') o.logs = val();
     else if (a === '--cpu-prof') o.cpuProf = val();
@@ -249,6 +281,8 @@ interface MigrationOutcome {
   stopAt: number;
   resumeAt: number;
   blackoutMs: number;
+  /** QEMU's own downtime figure (query-migrate), NaN when it gave none. */
+  downtimeMs: number;
   totalMs: number;
   srcStderr: string;
   dstStderr: string;
@@ -272,11 +306,13 @@ async function migrate(src: Qemu, dst: Qemu, port: number, onStop?: () => void, 
     await src.qmp.execute('migrate', { uri: `tcp:${ADDR_B}:${port}` });
     let status = '';
     let error = '';
+    let downtimeMs = NaN;
     const deadline = Date.now() + 120_000;
     while (Date.now() < deadline) {
-      const q = (await src.qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
+      const q = (await src.qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string; downtime?: number };
       status = String(q.status);
       error = q['error-desc'] ?? '';
+      if (typeof q.downtime === 'number') downtimeMs = q.downtime;
       if (status === 'completed' || status === 'failed' || status === 'cancelled') break;
       await sleep(10);
     }
@@ -301,6 +337,7 @@ async function migrate(src: Qemu, dst: Qemu, port: number, onStop?: () => void, 
       stopAt: stop?.qemuMs ?? NaN,
       resumeAt: resume?.qemuMs ?? NaN,
       blackoutMs: stop && resume ? resume.qemuMs - stop.qemuMs : NaN,
+      downtimeMs,
       totalMs: Date.now() - t0,
       srcStderr: src.proc.stderr.trim(),
       dstStderr: dst.proc.stderr.trim(),
@@ -367,6 +404,10 @@ export interface SizeResult {
   n: number;
   fill: { perSecond: number; ms: number };
   plain: number[];
+  /** QEMU's downtime figures of the plain runs. */
+  plainDowntime: number[];
+  /** Switchovers during the pre-copy (QEMU does not wait for it). */
+  early: EarlyRun[];
   /** Blackouts with an empty dbus-vmstate helper: QEMU's own dbus-vmstate cost. */
   emptyHelper: number[];
   ctm: CtmRun[];
@@ -455,9 +496,13 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     const activeAtStop = summary.log.some((s) => s.t1 > m.stopAt) || summary.stopped;
     if (!m.resumed) throw new Error(`ctmigrate migration did not resume on B: ${m.status} ${m.error}; src: ${m.srcStderr.slice(-500)}; dst: ${m.dstStderr.slice(-500)}; B log: ${B.daemon.stderr.slice(logB).slice(-1500)}`);
 
-    const deltaShipped = findLog(A.daemon, logA, /^residual delta shipped$/);
-    const deltaImported = findLog(B.daemon, logB, /^residual delta imported$/);
-    const ready = findLog(B.daemon, logB, /^state ready; traffic unblocked$/);
+    // The daemons' log lines of the cut-over may reach their pipes a moment after QEMU's RESUME.
+    const logged = (p: LabProcess, from: number, msg: RegExp): Promise<LogLine | null> => waitLog(p, from, msg, 3000).catch(() => null);
+    const [deltaShipped, deltaImported, ready] = await Promise.all([
+      logged(A.daemon, logA, /^residual delta shipped$/),
+      logged(B.daemon, logB, /^residual delta imported$/),
+      logged(B.daemon, logB, /^state ready; traffic unblocked$/),
+    ]);
     const rel = (l: LogLine | null): number | null => (l ? l.at - m.stopAt : null);
 
     // ---- B must hold A's VM entries ----
@@ -488,6 +533,90 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     await stopQemu(qa);
     await stopQemu(qb);
     // Close both sessions for the next round: the source keeps its entries, B removes what it imported.
+    await ctl(A, ['finish', '--vm', VM, '--result', 'failed']).catch(() => undefined);
+    await ctl(B, ['finish', '--vm', VM, '--result', 'failed']).catch(() => undefined);
+  }
+}
+
+interface EarlyRun {
+  /** QMP migrate this fraction of the expected pre-copy time after the session started. */
+  fraction: number;
+  expectedMs: number;
+  migration: Omit<MigrationOutcome, 'srcStderr' | 'dstStderr'>;
+  /** RESUME on B to the drop lifted (B's log): how long the VM ran with its traffic dropped. */
+  blockedAfterResumeMs: number;
+  /** prepare-incoming to the drop lifted. */
+  untilReadyMs: number;
+  /** The snapshot was still coming when QEMU stopped the VM (A handed the changes over first). */
+  handedOver: boolean;
+  churn: ChurnSummary & { opsAfterStop: number };
+  check: CtmRun['check'];
+}
+
+/**
+ * QEMU migrates `fraction` of the way into the pre-copy (a small VM, a big
+ * table): Save() and Load() answer at their bounds, the VM resumes on B
+ * with its traffic dropped, and B lifts the drop once its state is in. The
+ * churn runs from the session's start over the expected pre-copy time.
+ */
+async function earlyRun(lab: Lab, dir: string, A: Host, B: Host, n: number, fraction: number, expectedMs: number, opts: Options): Promise<EarlyRun> {
+  const L = sizeLabel(n);
+  const logA = A.daemon.stderr.length;
+  const logB = B.daemon.stderr.length;
+  const port = nextPort++;
+  let qa: Qemu | undefined;
+  let qb: Qemu | undefined;
+  let churner: LabProcess | undefined;
+  try {
+    qb = await startQemu(lab, B.ns, dir, `early-dst-${port}`, B.objectArgs, port);
+    qa = await startQemu(lab, A.ns, dir, `early-src-${port}`, A.objectArgs);
+    churner = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, PROBE, 'churn', String(n), String(opts.churn), String(Math.max(100, Math.round(expectedMs))), String(opts.reps + 1 + Math.round(fraction * 100))]);
+    await churner.waitFor(/"started":true/, 30_000);
+    const w0 = wallMs();
+    const prep = ctl(B, ['prepare-incoming', '--vm', VM, '--address', VM_ADDRESS, '--source', `${ADDR_A}:${PEER_PORT}`]);
+    let prepError: string | null = null;
+    prep.catch((e: Error) => (prepError = e.message));
+    const started = await waitLog(A.daemon, logA, /^outgoing session started$/, 60_000, () => prepError);
+    await sleep(Math.max(0, started.at + fraction * expectedMs - wallMs()));
+    const ch = churner;
+    const m = await migrate(qa, qb, port, () => ch.send('stop'));
+    if (!m.resumed) throw new Error(`migration did not resume on B: ${m.status} ${m.error}; dst: ${m.dstStderr.slice(-500)}; B log: ${B.daemon.stderr.slice(logB).slice(-1500)}`);
+    const ready = await waitLog(B.daemon, logB, /^state ready; traffic unblocked$/, 600_000, () =>
+      findLog(B.daemon, logB, /^session failed/) ? `B's session failed: ${B.daemon.stderr.slice(logB).slice(-800)}` : null,
+    );
+    await prep.catch(() => undefined);
+    ch.send('exit');
+    const done = await ch.exited;
+    if (done.code !== 0) throw new Error(`churn failed: ${done.stderr.trim()}`);
+    const summary = JSON.parse(done.stdout.trim().split('\n').pop() as string) as ChurnSummary;
+    const opsAfterStop = summary.log.filter((x) => x.t1 > m.stopAt).reduce((a, x) => a + x.opened + x.changed + x.closed, 0);
+    const handedOver = findLog(A.daemon, logA, /^switchover before the snapshot ended/) !== null;
+    const fa = join(dir, `a-${port}.keys`);
+    const fb = join(dir, `b-${port}.keys`);
+    await Promise.all([probe(A.ns, ['dump-vm', fa]), probe(B.ns, ['dump-vm', fb])]);
+    const check = compareKeys(fa, fb);
+    check.ok = check.missing + check.extra + check.markDiff <= opsAfterStop;
+    const { srcStderr: _s, dstStderr: _d, ...mig } = m;
+    const r: EarlyRun = {
+      fraction,
+      expectedMs,
+      migration: mig,
+      blockedAfterResumeMs: ready.at - m.resumeAt,
+      untilReadyMs: ready.at - w0,
+      handedOver,
+      churn: { ...summary, opsAfterStop },
+      check,
+    };
+    say(
+      `${L} switchover at ${fraction} of the pre-copy (${Math.round(fraction * expectedMs)} ms in): QEMU downtime ${ms1(m.downtimeMs)}, blackout ${ms1(m.blackoutMs)}; ` +
+        `the VM ran blocked ${Math.round(r.blockedAfterResumeMs)} ms after it resumed; ready ${Math.round(r.untilReadyMs)} ms after prepare-incoming; ` +
+        `${handedOver ? 'changes handed over ahead of the snapshot\'s rest' : 'the snapshot was across before the stop'}; A ${check.a} / B ${check.b}, missing ${check.missing}, extra ${check.extra}, mark differs ${check.markDiff} (${opsAfterStop} ops after STOP)`,
+    );
+    return r;
+  } finally {
+    if (churner?.running) await churner.stop(1000);
+    await stopQemu(qa);
+    await stopQemu(qb);
     await ctl(A, ['finish', '--vm', VM, '--result', 'failed']).catch(() => undefined);
     await ctl(B, ['finish', '--vm', VM, '--result', 'failed']).catch(() => undefined);
   }
@@ -630,7 +759,7 @@ async function conntrackdRun(n: number): Promise<SizeResult['conntrackd']> {
 async function benchSize(n: number, opts: Options): Promise<SizeResult> {
   const L = sizeLabel(n);
   const reps = n <= 200_000 ? opts.reps : 1;
-  const res: SizeResult = { n, fill: { perSecond: NaN, ms: NaN }, plain: [], emptyHelper: [], ctm: [], dumpHelper: null, conntrackd: null };
+  const res: SizeResult = { n, fill: { perSecond: NaN, ms: NaN }, plain: [], plainDowntime: [], early: [], emptyHelper: [], ctm: [], dumpHelper: null, conntrackd: null };
   const lab = new Lab();
   const daemons: Host[] = [];
   try {
@@ -668,6 +797,7 @@ async function benchSize(n: number, opts: Options): Promise<SizeResult> {
         const m = await migrate(qa, qb, port);
         if (!m.resumed) throw new Error(`plain migration failed: ${m.status} ${m.error} ${m.dstStderr}`);
         res.plain.push(m.blackoutMs);
+        res.plainDowntime.push(m.downtimeMs);
       } finally {
         await stopQemu(qa);
         await stopQemu(qb);
@@ -681,6 +811,12 @@ async function benchSize(n: number, opts: Options): Promise<SizeResult> {
 
     // ---- ctmigrate ----
     for (let r = 0; r < reps; r++) res.ctm.push(await ctmigrateRun(lab, dir, A, B, n, r, opts));
+
+    // ---- ctmigrate, QEMU switching over during the pre-copy ----
+    if (n >= opts.switchoverFrom) {
+      const expected = median(res.ctm.map((c) => c.precopy.daemonMs));
+      for (const f of opts.switchover) res.early.push(await earlyRun(lab, dir, A, B, n, f, expected, opts));
+    }
 
     // ---- baseline: dump everything at Save ----
     if (opts.dumpHelper) {
@@ -775,7 +911,47 @@ function rows(res: SizeResult): { rows: Row[]; notes: string[] } {
       verdict: verdict(allOk),
     },
   ];
+  const plainDown = median(res.plainDowntime.filter(Number.isFinite));
+  const waitDown = median(res.ctm.map((c) => c.migration.downtimeMs).filter(Number.isFinite));
+  if (res.early.length > 0) {
+    r.push({
+      measure: `${L} QEMU downtime, QEMU waits for the pre-copy`,
+      ours: ms1(waitDown),
+      baseline: `no ctmigrate ${ms1(plainDown)}`,
+      ratio: '',
+      target: '(info)',
+      verdict: '',
+    });
+  }
+  for (const e of res.early) {
+    const judged = res.n >= TARGET.earlyAt && e.fraction === TARGET.earlyFraction;
+    const over = e.migration.downtimeMs - plainDown;
+    r.push({
+      measure: `${L} switchover at ${e.fraction} of pre-copy: QEMU downtime`,
+      ours: ms1(e.migration.downtimeMs),
+      baseline: `no ctmigrate ${ms1(plainDown)} (+${ms1(over)})`,
+      ratio: '',
+      target: judged ? `<=+${TARGET.earlyDowntimeMs} ms` : '(info)',
+      verdict: judged ? verdict(over <= TARGET.earlyDowntimeMs) : '',
+    });
+    r.push({
+      measure: `${L} switchover at ${e.fraction}: VM blocked after resume / ready`,
+      ours: `${Math.round(e.blockedAfterResumeMs)} ms`,
+      baseline: `ready ${Math.round(e.untilReadyMs)} ms after prepare-incoming`,
+      ratio: '',
+      target: 'B exact',
+      verdict: verdict(e.check.ok),
+    });
+  }
   const notes: string[] = [];
+  for (const e of res.early) {
+    notes.push(
+      `${L} switchover at ${e.fraction} of the expected pre-copy (${Math.round(e.expectedMs)} ms): QEMU downtime ${ms1(e.migration.downtimeMs)}, blackout ${ms1(e.migration.blackoutMs)}, ` +
+        `${e.handedOver ? 'the source handed the changes over ahead of the snapshot\'s rest' : 'the snapshot was across before the stop'}; ` +
+        `VM blocked ${Math.round(e.blockedAfterResumeMs)} ms after resume; churn ${e.churn.opened}/${e.churn.changed}/${e.churn.closed} (${e.churn.opsAfterStop} after STOP); ` +
+        `check: A ${e.check.a}, B ${e.check.b}, missing ${e.check.missing}, extra ${e.check.extra}, mark differs ${e.check.markDiff}`,
+    );
+  }
   notes.push(
     `${L}: fill ${fmtRate(res.fill.perSecond)}/s; blackout without ctmigrate: ${res.plain.map((x) => x.toFixed(1)).join(', ')} ms; ` +
       `with an empty dbus-vmstate helper: ${res.emptyHelper.map((x) => x.toFixed(1)).join(', ')} ms; with ctmigrate: ${res.ctm.map((c) => c.migration.blackoutMs.toFixed(1)).join(', ')} ms`,
