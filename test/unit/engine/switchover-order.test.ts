@@ -3,15 +3,16 @@ import assert from 'node:assert/strict';
 import { ConnectionTable, Scan } from '../../../plugin/connection-table';
 import { isEstablishedTcp } from '../../../plugin/established-tcp';
 import { FlowRecord } from '../../../plugin/flow-view';
-import { MessageKind, PeerMessage } from '../../../plugin/peer-protocol';
+import { MessageKind, PeerMessage, StartMessage } from '../../../plugin/peer-protocol';
+import { encodeTableToBuffer } from '../../../plugin/snapshot-encoder';
 import { SnapshotDecoder } from '../../../plugin/snapshot-decoder';
 import { SnapshotKind } from '../../../plugin/snapshot-format';
 import { SAVE_BOUND_MS } from '../../../plugin/source-migration';
 import { flowMatches } from '../../../plugin/flow-filter';
 import { FakeClock } from './fakes/fake-clock';
 import { entryText } from './fakes/fake-kernel';
-import { FakeNetwork } from './fakes/fake-peer-network';
-import { Host, hostPair, Pair, sessionOf, stopPair, tcp, udp, vm, VM_UUID, VM_V4, vmOnly } from './lab';
+import { FakeConnection, FakeNetwork } from './fakes/fake-peer-network';
+import { Host, hostPair, Pair, PORT, put, sessionOf, startHost, stopPair, tcp, udp, vm, VM_UUID, VM_V4, vmOnly } from './lab';
 
 /** Entries of the VM on A besides the lab's own: UDP and established TCP, one after the other in A's table. */
 const EXTRA = 3000;
@@ -144,3 +145,72 @@ function sentOf(m: PeerMessage): Sent {
   }
   return { kind: m.kind, entries, establishedEntries };
 }
+
+describe('migration engine: a hostile source cannot misuse the hand-over inside the snapshot', () => {
+  const rogue = { host: '192.0.2.66', port: PORT };
+  let clock: FakeClock;
+  let b: Host;
+  let bBefore: string[];
+  let table: ConnectionTable;
+  let conn: FakeConnection;
+
+  beforeEach(async () => {
+    clock = new FakeClock();
+    const net = new FakeNetwork(clock);
+    b = await startHost(net, clock, 'B', '192.0.2.20');
+    put(b, [tcp('198.51.100.9', 40100, '192.0.2.88', 22)]);
+    bBefore = b.kernel.texts();
+    table = ConnectionTable.create({ capacity: 64 });
+    table.upsert(tcp('198.51.100.9', 40001, VM_V4, 22));
+    const accepted = new Promise<FakeConnection>((r) => net.listenRaw(rogue, r));
+    const prepared = b.engine.prepareIncoming(vm, { source: `${rogue.host}:${rogue.port}` });
+    conn = await accepted;
+    const start = (await conn.receive()) as StartMessage;
+    await conn.send({ ...start, kind: MessageKind.Offer, snapshotVersion: table.version, announcedEntries: table.size, resumeFrom: null });
+    await prepared;
+    // The snapshot's first chunk: the whole entry set, but no trailer yet (the snapshot goes on).
+    const snap = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    await conn.send({ kind: MessageKind.SnapshotChunk, seq: 0, last: false, bytes: snap.bytes.subarray(0, snap.bytes.length - 9) });
+    await clock.run(0);
+  });
+
+  afterEach(() => b.engine.stop());
+
+  const changes = (from: number, entries: FlowRecord[]): { kind: MessageKind.Changes; from: number; to: number; bytes: Uint8Array } => {
+    for (const f of entries) table.upsert(f);
+    return { kind: MessageKind.Changes, from, to: table.version, bytes: encodeTableToBuffer(table, { scan: Scan.Delta, from, to: table.version }).bytes };
+  };
+
+  it('changes inside the snapshot that do not start at its version fail the session and roll B back', async () => {
+    await conn.send(changes(0, [tcp('198.51.100.9', 40002, VM_V4, 22)]));
+    await clock.run(0);
+    assert.equal(sessionOf(b).state, 'failed');
+    assert.match(sessionOf(b).error, /during the snapshot of version/);
+    assert.deepEqual(b.kernel.texts(), bBefore, 'B is back where it was');
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+  });
+
+  it('a second hand-over after more of the snapshot fails the session and rolls B back', async () => {
+    const v0 = table.version;
+    await conn.send(changes(v0, [tcp('198.51.100.9', 40003, VM_V4, 22)]));
+    await conn.send({ kind: MessageKind.SnapshotChunk, seq: 1, last: false, established: true, bytes: new Uint8Array(0) });
+    const v1 = table.version;
+    await conn.send(changes(v1, [tcp('198.51.100.9', 40004, VM_V4, 22)]));
+    await clock.run(0);
+    assert.equal(sessionOf(b).state, 'failed');
+    assert.match(sessionOf(b).error, /during the snapshot of version/);
+    assert.deepEqual(b.kernel.texts(), bBefore);
+    assert.ok(!b.blocker.isBlocked(VM_UUID));
+  });
+
+  it('the hand-over is confined like any change: a foreign entry in it is refused and never written', async () => {
+    const foreign = tcp('198.51.100.66', 1234, '192.0.2.88', 22);
+    await conn.send(changes(table.version, [foreign, tcp('198.51.100.9', 40005, VM_V4, 22)]));
+    await clock.run(0);
+    assert.equal(sessionOf(b).state, 'precopy');
+    assert.ok(!b.kernel.has(foreign));
+    assert.ok(b.kernel.has(tcp('198.51.100.9', 40005, VM_V4, 22)));
+    assert.equal(sessionOf(b).refused, 1);
+    assert.ok(b.blocker.isBlocked(VM_UUID), 'the drop stays: readiness is not met');
+  });
+});
