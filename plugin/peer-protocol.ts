@@ -1,4 +1,5 @@
 import { CUTOVER_PATHS, CutoverPath } from './cutover-path';
+import { formatBytes } from './byte-size';
 import { AF_INET } from './flow';
 import { formatAddress, parseAddress } from './address';
 
@@ -293,15 +294,6 @@ export class PeerProtocolError extends Error {
     super(message);
     this.name = 'PeerProtocolError';
   }
-}
-
-/** A size for people: "9 MiB", "512 KiB", "300 bytes". */
-export function formatBytes(n: number): string {
-  if (n >= 1 << 20 && n % (1 << 20) === 0) return `${n / (1 << 20)} MiB`;
-  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
-  if (n >= 1 << 10 && n % (1 << 10) === 0) return `${n / (1 << 10)} KiB`;
-  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
-  return `${n} bytes`;
 }
 
 /** The error for a frame header announcing more than `limit` bytes. */

@@ -1,3 +1,4 @@
+import { formatBytes } from '../../plugin/byte-size';
 import { SessionInfo } from '../../plugin/migration-service';
 
 /** One line per session for people: role, VM, state, counts, blocked. */
@@ -18,10 +19,4 @@ export function sessionLine(s: SessionInfo): string {
   if (s.route) parts.push(s.route);
   if (s.error) parts.push(`error: ${s.error}`);
   return parts.join(', ');
-}
-
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }

@@ -17,7 +17,7 @@
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { formatBytes } from '../../adapters/cli/session-text';
+import { formatBytes } from '../../plugin/byte-size';
 import { MigrationLab, MigrationOutcome } from '../integration/lab/migration-lab';
 import { reapStaleNamespaces } from '../integration/lab/netns';
 import { RELAY, relayLab } from '../integration/lab/relay-lab';

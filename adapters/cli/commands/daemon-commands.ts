@@ -4,7 +4,8 @@ import { parseVmUuid } from '../../../plugin/vm';
 import { Command, CommandIo } from '../command';
 import { withDaemon } from '../daemon-call';
 import { parseOptions } from '../parse-options';
-import { formatBytes, sessionLine } from '../session-text';
+import { formatBytes } from '../../../plugin/byte-size';
+import { sessionLine } from '../session-text';
 import { UsageError } from '../usage-error';
 import { uuidFromOptions, VM_OPTIONS, vmFromOptions } from '../vm-options';
 
