@@ -60,6 +60,7 @@ import { Lab, LabProcess, NetNs, reapStaleNamespaces } from '../integration/lab/
 import { Qmp } from '../integration/lab/qemu';
 import { CONNTRACK_MAX, HASHSIZE, HostTuning, readNumber, restoreStale } from './host-tuning';
 import { argWalker, fmtBytes, fmtRate, median, renderTable, Row, sayAs, sizeLabel } from './report';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const DIST = join(__dirname, '..', '..');
 const CTL = join(DIST, 'adapters', 'cli', 'ctmigratectl.js');
@@ -165,7 +166,6 @@ function parseArgs(argv: string[]): Options {
 const say = sayAs('migbench');
 
 const wallMs = (): number => performance.timeOrigin + performance.now();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const ms1 = (x: number | null | undefined): string => (x === null || x === undefined || !Number.isFinite(x) ? '-' : `${x.toFixed(1)} ms`);
 
 // ---- helpers ---------------------------------------------------------------

@@ -10,6 +10,7 @@ import { chmod, copyFile } from 'node:fs/promises';
 import { bulkLoad } from './lab/bulk';
 import { ADDR, CTMIGRATED, MigrationLab, VM_UUID } from './lab/migration-lab';
 import { reapStaleNamespaces } from './lab/netns';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 function isRoot(): boolean {
   return process.getuid?.() === 0;
@@ -19,10 +20,6 @@ function isRoot(): boolean {
 const say = (line: string): void => {
   if (process.env.CTMIGRATE_LAB_VERBOSE) process.stderr.write(`      ${line}\n`);
 };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 /** `-o save` lines of N established TCP entries from the VM to 198.51.100.x servers. */
 function vmEntries(n: number): string[] {

@@ -17,6 +17,7 @@ import { SessionInfo } from '../../plugin/migration-service';
 import { ManagerStatus } from '../../plugin/ports/manager-client';
 import { PrivateBus, startPrivateBus } from '../support/private-bus';
 import { elementNames, isSubsequence, xmllint } from '../unit/libvirt/domain-fixtures';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const REPO = resolve(__dirname, '../../..');
 const HOOK_IN_REPO = join(REPO, 'packaging/libvirt/qemu.d/ctmigrate');
@@ -79,7 +80,6 @@ async function runOk(cmd: string, args: string[]): Promise<Result> {
   return r;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** One "host": a network namespace with its own system bus and ctmigrated. */
 class Host {

@@ -10,6 +10,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ADDR, MigrationLab, MIGRATION_PORT, PEER_PORT, VM_UUID } from './lab/migration-lab';
 import { reapStaleNamespaces } from './lab/netns';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const K = 200;
 
@@ -22,10 +23,6 @@ let current: MigrationLab | null = null;
 async function lab(options?: Parameters<typeof MigrationLab.build>[0]): Promise<MigrationLab> {
   current = await MigrationLab.build(options);
   return current;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 describe('live migration through strict firewalls (real QEMU, namespaces)', function () {

@@ -19,6 +19,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSyn
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DbusDaemonProcess } from '../../adapters/dbus/dbus-daemon-process';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const REPO = resolve(__dirname, '../../..');
 const BUILD_DEB = join(REPO, 'packaging/build-deb.sh');
@@ -177,7 +178,6 @@ function domainXml(name: string, uuid: string, address: string): string {
 `;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('the Debian package, built, installed with dpkg -i and purged', function () {
   this.timeout(120_000);

@@ -6,14 +6,11 @@ import { bulkLoad } from './lab/bulk';
 import { ADDR, PEER_PORT, VM_UUID } from './lab/migration-lab';
 import { reapStaleNamespaces } from './lab/netns';
 import { RELAY, RelayLab, relayLab } from './lab/relay-lab';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const say = (line: string): void => {
   if (process.env.CTMIGRATE_LAB_VERBOSE) process.stderr.write(`      ${line}\n`);
 };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 describe('migration through a relay (ctmigrated --relay, --via; direct peer path cut)', function () {
   this.timeout(180_000);

@@ -44,6 +44,7 @@ import { basename, join, resolve } from 'node:path';
 import { Flows } from './flows';
 import { CTMIGRATECTL, CTMIGRATED } from './migration-lab';
 import { ExecOptions, ExecResult, Lab, LabProcess, NetNs } from './netns';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** The repo's hook, seen from dist/test/integration/lab/. */
 export const REPO_ROOT = resolve(__dirname, '..', '..', '..', '..');
@@ -497,10 +498,6 @@ export async function writePsk(dir: string): Promise<string> {
   const file = join(dir, 'psk');
   await writeFile(file, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   return file;
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((res) => setTimeout(res, ms));
 }
 
 /** The options of a lab domain. */
