@@ -21,6 +21,7 @@ import { DomainEventsPort } from './ports/domain-events-port';
 import { arrangeCutover, CutoverArrangement } from './cutover-path';
 import { formatReadiness, parseReadiness, Readiness } from './readiness';
 import { RELEASE_AFTER_ANSWER_MS, Session } from './session';
+import { findSource } from './source-query';
 import { SourceMigration } from './source-migration';
 import { VmTracker } from './vm-tracker';
 import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
@@ -332,7 +333,7 @@ export class MigrationEngine implements MigrationService {
     let conn: PeerConnection;
     let at: PeerAddress;
     try {
-      at = source ?? (await this.findSource(vm.uuid));
+      at = source ?? (await findSource(this.peers, this.config.peers, vm.uuid, { timeoutMs: WHO_HAS_TIMEOUT_MS, via: (p) => relayFor(this.config, p) }));
       const via = relayFor(this.config, at);
       session.update({ peer: formatPeerAddress(at), route: routeText(via) });
       conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000, via });
@@ -362,29 +363,6 @@ export class MigrationEngine implements MigrationService {
     void migration.run(offer);
     this.log.info('incoming session started', { vm: vm.uuid, session: session.id, source: session.info.peer });
     return session.snapshot();
-  }
-
-  /** Ask every configured peer whether it runs the VM; the first yes wins. */
-  private async findSource(uuid: string): Promise<PeerAddress> {
-    if (this.config.peers.length === 0) throw new Error(`no source given for VM ${uuid} and no peers configured to ask`);
-    const asks = this.config.peers.map(async (p) => {
-      const conn = await this.peers.connect(p, { role: PeerRole.Query, timeoutMs: WHO_HAS_TIMEOUT_MS, via: relayFor(this.config, p) });
-      try {
-        await conn.send({ kind: MessageKind.WhoHas, queryId: 1, vm: uuid });
-        const m = await conn.receive(WHO_HAS_TIMEOUT_MS);
-        if (m.kind === MessageKind.HasVm && m.vm === uuid && m.has) return p;
-        throw new Error(`${formatPeerAddress(p)} does not run VM ${uuid}`);
-      } finally {
-        await conn.close().catch(() => undefined);
-      }
-    });
-    try {
-      return await Promise.any(asks);
-    } catch (e) {
-      // Each peer's own answer: "does not run it" reads differently from "could not be reached".
-      const why = e instanceof AggregateError ? e.errors.map((x: unknown) => (x instanceof Error ? x.message : String(x))) : [];
-      throw new Error(`none of the peers (${this.config.peers.map(formatPeerAddress).join(', ')}) runs VM ${uuid}${why.length ? `: ${why.join('; ')}` : ''}`);
-    }
   }
 
   // ---- source ------------------------------------------------------------

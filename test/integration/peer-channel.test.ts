@@ -9,7 +9,7 @@ import { connect as tlsConnect, TLSSocket } from 'node:tls';
 import { FrameReader } from '../../adapters/peer/frame-reader';
 import { PeerChannelError } from '../../adapters/peer/peer-errors';
 import { PeerRelay } from '../../adapters/peer/relay';
-import { findSource, SourceNotFoundError } from '../../adapters/peer/source-finder';
+import { findSource, SourceNotFoundError } from '../../plugin/source-query';
 import { clientTlsOptions, loadCredentials, PeerCredentials } from '../../adapters/peer/tls-credentials';
 import { TlsPeerConnection } from '../../adapters/peer/tls-peer-connection';
 import { TlsPeerPort, TlsPeerPortOptions } from '../../adapters/peer/tls-peer-port';
@@ -494,17 +494,17 @@ describe('peer channel (TLS on loopback)', function () {
       const yes = await listen(port({ hostId: 'yes' }), whoHasResponder(true));
       const silent = await listen(port({ hostId: 'silent' }), () => undefined);
       const p = port({ hostId: 'dest' });
-      const found = await findSource(p, [no.listener.address, silent.listener.address, yes.listener.address], VM, 1000);
+      const found = await findSource(p, [no.listener.address, silent.listener.address, yes.listener.address], VM, { timeoutMs: 1000 });
       assert.deepEqual(found, yes.listener.address);
 
       const t0 = Date.now();
-      const err = await findSource(p, [no.listener.address, silent.listener.address], VM, 500).then(
+      const err = await findSource(p, [no.listener.address, silent.listener.address], VM, { timeoutMs: 500 }).then(
         () => assert.fail('found a source'),
         (e: unknown) => e,
       );
       assert.ok(err instanceof SourceNotFoundError);
       assert.deepEqual(err.answers.map((a) => a.answer).sort(), ['no', 'timeout']);
-      assert.match(err.message, /^cannot find the source of VM 6f1c2a3b-.*: .* no, .* timeout/);
+      assert.match(err.message, /^none of the peers \(.*\) runs VM 6f1c2a3b-[^:]*: .* does not run VM 6f1c2a3b-.*; .*within \d+ ms/);
       assert.ok(Date.now() - t0 < 2000);
     });
   });
