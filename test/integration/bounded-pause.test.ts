@@ -54,9 +54,7 @@ describe('a switchover during the pre-copy never holds the VM paused (bounded Sa
       early: true,
       // TCP rides out a drop of seconds (retransmits); the longest stall is the figure.
       breakMs: 20_000,
-      atStop: () => {
-        atStop = lab.conntrack(lab.a);
-      },
+      atStop: () => (atStop = lab.conntrack(lab.a)),
       progress: say,
     });
     const forwarding = await watch.stop();

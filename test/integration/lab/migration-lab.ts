@@ -140,8 +140,8 @@ export interface MigrationOptions {
   breakMs?: number;
   /** QMP migrate right after prepare-incoming, without waiting for the pre-copy (a switchover during it). */
   early?: boolean;
-  /** Called at QEMU's STOP on A with A's entries of the VM then (what B must end with). */
-  atStop?: () => void;
+  /** Called at QEMU's STOP on A (to read what B must end with); A is finished only once the promise it returns settles. */
+  atStop?: () => Promise<unknown> | void;
   progress?: (line: string) => void;
 }
 
@@ -479,10 +479,12 @@ table inet lab_probe {
       moved = this.moveVmToB().then(() => Date.now() - e.seenMs);
     });
     let cutover: Promise<number> | null = null;
+    let stopWork: Promise<unknown> | null = null;
     if (o.atStop) {
       const atStop = o.atStop;
       qa.qmp.onEvent((e) => {
-        if (e.event === 'STOP') atStop();
+        // The work it starts (a listing of A) ends before A's finish deletes anything.
+        if (e.event === 'STOP' && !stopWork) stopWork = Promise.resolve(atStop());
       });
     }
     if (o.mode === 'fallback') {
@@ -507,6 +509,7 @@ table inet lab_probe {
     if (useCtm) {
       // A switchover during the pre-copy: the VM runs on B while the import ends.
       if (o.early) await this.waitSession(this.b, (x) => x.state === 'ready' && !x.blocked, 'ready on B', 60_000);
+      if (stopWork) await (stopWork as Promise<unknown>).catch(() => undefined);
       await this.ctlOk(this.a, ['finish', '--vm', VM_UUID, '--result', 'migrated']);
       await this.ctlOk(this.b, ['finish', '--vm', VM_UUID, '--result', 'migrated']);
       source = await this.session(this.a);
