@@ -333,7 +333,7 @@ export class MigrationEngine implements MigrationService {
     let conn: PeerConnection;
     let at: PeerAddress;
     try {
-      at = source ?? (await findSource(this.peers, this.config.peers, vm.uuid, { timeoutMs: WHO_HAS_TIMEOUT_MS, via: (p) => relayFor(this.config, p) }));
+      at = source ?? (await findSource(this.peers, this.config.peers, vm.uuid, { timeoutMs: WHO_HAS_TIMEOUT_MS, via: (p) => relayFor(this.config, p), now: () => this.clock.now() }));
       const via = relayFor(this.config, at);
       session.update({ peer: formatPeerAddress(at), route: routeText(via) });
       conn = await this.peers.connect(at, { role: PeerRole.Destination, timeoutMs: 10_000, via });

@@ -30,17 +30,20 @@ export interface SourceQueryOptions {
   timeoutMs: number;
   /** The relay a peer is reached through, if any. */
   via?: (peer: PeerAddress) => PeerAddress | undefined;
+  /** The clock the answers are timed by (the engine's Clock; default the wall clock). */
+  now?: () => number;
 }
 
 /** One peer's answer; never throws. Only the answer to our own query id counts. */
 async function ask(port: PeerPort, peer: PeerAddress, vm: string, queryId: number, o: SourceQueryOptions): Promise<SourceAnswer> {
-  const deadline = Date.now() + o.timeoutMs;
+  const now = o.now ?? Date.now;
+  const deadline = now() + o.timeoutMs;
   let c: PeerConnection | null = null;
   try {
     c = await port.connect(peer, { role: PeerRole.Query, timeoutMs: o.timeoutMs, via: o.via?.(peer) });
     await c.send({ kind: MessageKind.WhoHas, queryId, vm });
     for (;;) {
-      const m = await c.receive(Math.max(1, deadline - Date.now()));
+      const m = await c.receive(Math.max(1, deadline - now()));
       if (m.kind === MessageKind.HasVm && m.queryId === queryId && m.vm === vm) {
         return m.has ? { peer, answer: 'yes', detail: '' } : { peer, answer: 'no', detail: `${formatPeerAddress(peer)} does not run VM ${vm}` };
       }

@@ -442,6 +442,34 @@ async function startHost(lab: Lab, ns: NetNs, dir: string, name: 'A' | 'B', psk:
   return { ns, bus, daemon, objectArgs: '' };
 }
 
+/** `ctmigratectl prepare-incoming` on B, not awaited; error() says how it failed once it has. */
+function prepareIncoming(B: Host): { done: Promise<string>; error: () => string | null } {
+  const done = ctl(B, ['prepare-incoming', '--vm', VM, '--address', VM_ADDRESS, '--source', `${ADDR_A}:${PEER_PORT}`]);
+  let error: string | null = null;
+  done.catch((e: Error) => (error = e.message));
+  return { done, error: () => error };
+}
+
+/** End a churn probe (told "stop" at STOP already) and read what it did, with the ops after `stopAt`. */
+async function endChurn(ch: LabProcess, stopAt: number): Promise<ChurnSummary & { opsAfterStop: number }> {
+  ch.send('exit');
+  const done = await ch.exited;
+  if (done.code !== 0) throw new Error(`churn failed: ${done.stderr.trim()}`);
+  const summary = JSON.parse(done.stdout.trim().split('\n').pop() as string) as ChurnSummary;
+  const opsAfterStop = summary.log.filter((x) => x.t1 > stopAt).reduce((a, x) => a + x.opened + x.changed + x.closed, 0);
+  return { ...summary, opsAfterStop };
+}
+
+/** A's and B's VM entries compared; only churn after the stop may differ. */
+async function checkCarried(dir: string, A: Host, B: Host, port: number, opsAfterStop: number): Promise<CtmRun['check']> {
+  const fa = join(dir, `a-${port}.keys`);
+  const fb = join(dir, `b-${port}.keys`);
+  await Promise.all([probe(A.ns, ['dump-vm', fa]), probe(B.ns, ['dump-vm', fb])]);
+  const check = compareKeys(fa, fb);
+  check.ok = check.missing + check.extra + check.markDiff <= opsAfterStop;
+  return check;
+}
+
 async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, round: number, opts: Options): Promise<CtmRun> {
   const L = sizeLabel(n);
   const logA = A.daemon.stderr.length;
@@ -456,11 +484,9 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
 
     // ---- pre-copy ----
     const w0 = wallMs();
-    const prep = ctl(B, ['prepare-incoming', '--vm', VM, '--address', VM_ADDRESS, '--source', `${ADDR_A}:${PEER_PORT}`]);
-    let prepError: string | null = null;
-    prep.catch((e: Error) => (prepError = e.message));
-    const imported = await waitLog(B.daemon, logB, /^snapshot imported$/, 600_000, () => prepError ?? (findLog(B.daemon, logB, /^session failed/) ? `B's session failed: ${B.daemon.stderr.slice(logB).slice(-800)}` : null));
-    await prep;
+    const prep = prepareIncoming(B);
+    const imported = await waitLog(B.daemon, logB, /^snapshot imported$/, 600_000, () => prep.error() ?? (findLog(B.daemon, logB, /^session failed/) ? `B's session failed: ${B.daemon.stderr.slice(logB).slice(-800)}` : null));
+    await prep.done;
     const started = findLog(A.daemon, logA, /^outgoing session started$/);
     const shipped = findLog(A.daemon, logA, /^snapshot shipped$/);
     const entries = Number(imported.fields.entries);
@@ -490,11 +516,8 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     await sleep(opts.churnMs / 2);
     const ch = churner;
     const m = await migrate(qa, qb, port, () => ch.send('stop'));
-    ch.send('exit');
-    const done = await ch.exited;
-    if (done.code !== 0) throw new Error(`churn failed: ${done.stderr.trim()}`);
-    const summary = JSON.parse(done.stdout.trim().split('\n').pop() as string) as ChurnSummary;
-    const opsAfterStop = summary.log.filter((s) => s.t1 > m.stopAt).reduce((a, s) => a + s.opened + s.changed + s.closed, 0);
+    const summary = await endChurn(ch, m.stopAt);
+    const opsAfterStop = summary.opsAfterStop;
     const activeAtStop = summary.log.some((s) => s.t1 > m.stopAt) || summary.stopped;
     if (!m.resumed) throw new Error(`ctmigrate migration did not resume on B: ${m.status} ${m.error}; src: ${m.srcStderr.slice(-500)}; dst: ${m.dstStderr.slice(-500)}; B log: ${B.daemon.stderr.slice(logB).slice(-1500)}`);
 
@@ -508,11 +531,7 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     const rel = (l: LogLine | null): number | null => (l ? l.at - m.stopAt : null);
 
     // ---- B must hold A's VM entries ----
-    const fa = join(dir, `a-${port}.keys`);
-    const fb = join(dir, `b-${port}.keys`);
-    await Promise.all([probe(A.ns, ['dump-vm', fa]), probe(B.ns, ['dump-vm', fb])]);
-    const check = compareKeys(fa, fb);
-    check.ok = check.missing + check.extra + check.markDiff <= opsAfterStop;
+    const check = await checkCarried(dir, A, B, port, opsAfterStop);
     say(
       `${L} rep ${round + 1}: blackout ${ms1(m.blackoutMs)}; churn ${summary.opened}+${summary.changed}+${summary.closed} (${opsAfterStop} ops after STOP); ` +
         `residual delta ${deltaShipped?.fields.entries ?? '?'} entries; A ${check.a} / B ${check.b} VM entries, missing ${check.missing}, extra ${check.extra}, mark differs ${check.markDiff}`,
@@ -520,7 +539,7 @@ async function ctmigrateRun(lab: Lab, dir: string, A: Host, B: Host, n: number, 
     const { srcStderr: _s, dstStderr: _d, ...mig } = m;
     return {
       precopy,
-      churn: { ...summary, opsAfterStop, activeAtStop },
+      churn: { ...summary, activeAtStop },
       migration: mig,
       breakdown: { deltaShippedMs: rel(deltaShipped), deltaImportedMs: rel(deltaImported), readyMs: rel(ready), resumeMs: m.blackoutMs },
       residual: {
@@ -575,10 +594,8 @@ async function earlyRun(lab: Lab, dir: string, A: Host, B: Host, n: number, frac
     churner = lab.spawn(A.ns, 'setpriv', ['--pdeathsig', 'SIGKILL', process.execPath, PROBE, 'churn', String(n), String(opts.churn), String(Math.max(100, Math.round(expectedMs))), String(opts.reps + 1 + Math.round(fraction * 100))]);
     await churner.waitFor(/"started":true/, 30_000);
     const w0 = wallMs();
-    const prep = ctl(B, ['prepare-incoming', '--vm', VM, '--address', VM_ADDRESS, '--source', `${ADDR_A}:${PEER_PORT}`]);
-    let prepError: string | null = null;
-    prep.catch((e: Error) => (prepError = e.message));
-    const started = await waitLog(A.daemon, logA, /^outgoing session started$/, 60_000, () => prepError);
+    const prep = prepareIncoming(B);
+    const started = await waitLog(A.daemon, logA, /^outgoing session started$/, 60_000, prep.error);
     await sleep(Math.max(0, started.at + fraction * expectedMs - wallMs()));
     const ch = churner;
     const m = await migrate(qa, qb, port, () => ch.send('stop'));
@@ -586,27 +603,21 @@ async function earlyRun(lab: Lab, dir: string, A: Host, B: Host, n: number, frac
     const ready = await waitLog(B.daemon, logB, /^state ready; traffic unblocked$/, 600_000, () =>
       findLog(B.daemon, logB, /^session failed/) ? `B's session failed: ${B.daemon.stderr.slice(logB).slice(-800)}` : null,
     );
-    await prep.catch(() => undefined);
-    ch.send('exit');
-    const done = await ch.exited;
-    if (done.code !== 0) throw new Error(`churn failed: ${done.stderr.trim()}`);
-    const summary = JSON.parse(done.stdout.trim().split('\n').pop() as string) as ChurnSummary;
-    const opsAfterStop = summary.log.filter((x) => x.t1 > m.stopAt).reduce((a, x) => a + x.opened + x.changed + x.closed, 0);
+    await prep.done.catch(() => undefined);
+    const churn = await endChurn(ch, m.stopAt);
+    const opsAfterStop = churn.opsAfterStop;
     const handedOver = findLog(A.daemon, logA, /^switchover before the snapshot ended/) !== null;
-    const fa = join(dir, `a-${port}.keys`);
-    const fb = join(dir, `b-${port}.keys`);
-    await Promise.all([probe(A.ns, ['dump-vm', fa]), probe(B.ns, ['dump-vm', fb])]);
-    const check = compareKeys(fa, fb);
-    check.ok = check.missing + check.extra + check.markDiff <= opsAfterStop;
+    const check = await checkCarried(dir, A, B, port, opsAfterStop);
     const { srcStderr: _s, dstStderr: _d, ...mig } = m;
     const r: EarlyRun = {
       fraction,
       expectedMs,
       migration: mig,
-      blockedAfterResumeMs: ready.at - m.resumeAt,
+      // 0 when the drop went before QEMU resumed (the pre-copy was done after all).
+      blockedAfterResumeMs: Math.max(0, ready.at - m.resumeAt),
       untilReadyMs: ready.at - w0,
       handedOver,
-      churn: { ...summary, opsAfterStop },
+      churn,
       check,
     };
     say(
