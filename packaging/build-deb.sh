@@ -126,6 +126,9 @@ mkdir -p "$TREE/packaging/libvirt/qemu.d" "$TREE/packaging/dbus" "$TREE/packagin
 cp "$REPO/packaging/ctmigrate.conf" "$TREE/packaging/"
 cp "$HOOK" "$TREE/packaging/libvirt/qemu.d/ctmigrate"
 chmod 755 "$TREE/packaging/libvirt/qemu.d/ctmigrate"
+mkdir -p "$TREE/packaging/criu"
+cp "$REPO/packaging/criu/criu-action" "$TREE/packaging/criu/"
+chmod 755 "$TREE/packaging/criu/criu-action"
 cp "$REPO/packaging/dbus/org.ctmigrate1.conf" "$REPO/packaging/dbus/org.ctmigrate1.service" "$TREE/packaging/dbus/"
 # The pages' footer names the version being packaged.
 for page in ctmigrated.8 ctmigratectl.8; do

@@ -34,6 +34,17 @@ import { PeerPort } from '../../plugin/ports/peer-port';
 import { RegistryStore } from '../../plugin/ports/registry-store';
 import { VmStatePort } from '../../plugin/ports/vmstate-port';
 import { StderrLog } from './stderr-log';
+import { CheckpointStore } from '../../plugin/ports/checkpoint-store';
+import { ContainerDropsPort } from '../../plugin/ports/container-drops-port';
+import { ContainerNetworkPort } from '../../plugin/ports/container-network-port';
+import { RestoreWatchPort } from '../../plugin/ports/restore-watch-port';
+import { ImageDirStore } from '../criu/image-dir-store';
+import { DetachedRestoreWatch } from '../criu/restore-watch';
+import { ProcContainerNetwork } from '../host/container-network';
+import { NftContainerDrops } from '../nftables/container-drops';
+
+/** Where the restore watcher (criu-action --watch) writes its few lines. */
+const CRIU_WATCH_LOG = '/run/ctmigrate/criu-watch.log';
 
 /**
  * The composition root: the one place that knows every adapter and binds
@@ -44,6 +55,13 @@ export function buildContainer(parent: DependencyContainer = container): Depende
   c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink() });
   c.register<ConnectionFeed>(ConnectionFeed, { useFactory: () => new NetlinkFeed() });
   c.register<ManagerClient>(ManagerClient, { useFactory: () => new DbusManagerClient() });
+  // criu-action (containers): each step is a process of its own.
+  c.register<Log>(Log, { useFactory: () => new StderrLog() });
+  c.register<Clock>(Clock, { useValue: systemClock });
+  c.register<CheckpointStore>(CheckpointStore, { useFactory: () => new ImageDirStore() });
+  c.register<ContainerNetworkPort>(ContainerNetworkPort, { useFactory: () => new ProcContainerNetwork() });
+  c.register<ContainerDropsPort>(ContainerDropsPort, { useFactory: () => new NftContainerDrops() });
+  c.register<RestoreWatchPort>(RestoreWatchPort, { useFactory: () => new DetachedRestoreWatch(process.execPath, process.argv[1] ?? '', CRIU_WATCH_LOG) });
   return c;
 }
 

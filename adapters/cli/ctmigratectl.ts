@@ -13,6 +13,7 @@ import {
   watchCommand,
 } from './commands/daemon-commands';
 import { checkCommand } from './commands/check';
+import { criuActionCommand } from './commands/criu-action';
 import { dumpCommand } from './commands/dump';
 import { enableVmCommand } from './commands/enable-vm';
 import { loadCommand } from './commands/load';
@@ -33,7 +34,8 @@ const DAEMON_COMMANDS: Command[] = [
   vmstateArgsCommand,
 ];
 const HOST_COMMANDS: Command[] = [enableVmCommand, checkCommand];
-const COMMANDS: Command[] = [...KERNEL_COMMANDS, ...DAEMON_COMMANDS, ...HOST_COMMANDS];
+const CONTAINER_COMMANDS: Command[] = [criuActionCommand];
+const COMMANDS: Command[] = [...KERNEL_COMMANDS, ...DAEMON_COMMANDS, ...HOST_COMMANDS, ...CONTAINER_COMMANDS];
 const list = (cs: Command[]): string => cs.map((c) => `  ${c.name.padEnd(17)} ${c.summary}`).join('\n');
 
 const HELP = `Usage: ctmigratectl COMMAND [OPTIONS]
@@ -49,6 +51,9 @@ ${list(DAEMON_COMMANDS)}
 
 Host set-up (libvirt domains through virsh; diagnosis):
 ${list(HOST_COMMANDS)}
+
+Containers (run by CRIU, never by hand):
+${list(CONTAINER_COMMANDS)}
 
 Options:
   -h, --help     show this help (or COMMAND --help for a command's)

@@ -34,6 +34,8 @@ export interface FlowOptions {
   /** The VM's address and port the echo server listens on. */
   server: string;
   port: number;
+  /** Where the client connects when that is not server:port (a published port the host DNATs to it). */
+  connect?: { host: string; port: number };
   count: number;
   /** No echo for this long = broken (default 5000 ms). */
   breakMs?: number;
@@ -55,8 +57,8 @@ export class Flows {
       FLOW_AGENT,
       'client',
       options.source,
-      options.server,
-      String(options.port),
+      options.connect?.host ?? options.server,
+      String(options.connect?.port ?? options.port),
       String(options.count),
       String(options.breakMs ?? 5000),
     ]);

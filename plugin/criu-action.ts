@@ -1,0 +1,298 @@
+import { createHash } from 'node:crypto';
+import { inject, injectable } from 'tsyringe';
+import { Address, canonicalAddressText, formatAddress } from './address';
+import {
+  CheckpointManifest,
+  CONTAINER_ID,
+  encodeManifest,
+  MANIFEST_FILE,
+  MANIFEST_FORMAT,
+  MANIFEST_MAX_BYTES,
+  ManifestError,
+  parseManifest,
+  SNAPSHOT_FILE,
+} from './checkpoint-manifest';
+import { CodecError } from './codec-error';
+import { ConnectionTable, Scan } from './connection-table';
+import { confine, Refusal, REFUSAL_KINDS, refusalSummary } from './import-confinement';
+import { CheckpointStore } from './ports/checkpoint-store';
+import { Clock } from './ports/clock';
+import { ConnectionFeed } from './ports/connection-feed';
+import { ContainerDropsPort } from './ports/container-drops-port';
+import { ContainerNetworkPort } from './ports/container-network-port';
+import { ConntrackPort, WriteReport } from './ports/conntrack-port';
+import { Log } from './ports/log-port';
+import { RestoreWatchPort } from './ports/restore-watch-port';
+import { readSnapshot } from './snapshot-reader';
+import { encodeTableToBuffer } from './snapshot-encoder';
+import { VmSpec } from './vm';
+
+/**
+ * A container's conntrack state through CRIU's action scripts. CRIU runs
+ * the script once per step of a dump or a restore, a new process each time,
+ * with the step in CRTOOLS_SCRIPT_ACTION:
+ *
+ *   dump:    pre-dump, network-lock, post-dump [, network-unlock]
+ *   restore: pre-restore, setup-namespaces, post-setup-namespaces,
+ *            post-restore, network-unlock, pre-resume, post-resume
+ *
+ * CRIU runs network-lock with the tasks frozen, before it locks their
+ * network itself, and on a dump runs network-unlock only when the tasks go
+ * on running (--leave-running, or the dump failed). On a restore it runs
+ * network-unlock right before it lets the container's traffic flow again.
+ *
+ * - network-lock (source): the host's entries of the container's addresses
+ *   go into the image directory, beside CRIU's images: they are the final
+ *   state, since the container can no longer change them.
+ * - post-dump (source): the dump is done; the entries leave this host's
+ *   table. The checkpoint is now their one home: a restore anywhere, back
+ *   here too, brings them in again.
+ * - network-unlock after a dump (source): the container runs on here after
+ *   all, so what post-dump removed comes back from the image directory.
+ * - pre-restore (destination): drops for the addresses the manifest names,
+ *   before any of the container's packets can reach this host; a watcher
+ *   lifts them if CRIU dies first, and the kernel expires them regardless.
+ * - network-unlock (destination): the snapshot is imported, confined to the
+ *   addresses the restored container really has, then the drop is lifted.
+ *
+ * Both network-unlocks do the same thing: import what the checkpoint holds
+ * (replacing what is there) and lift the drop if there is one.
+ */
+
+/** What CRIU's environment says about the step being run. */
+export interface CriuStep {
+  /** CRTOOLS_SCRIPT_ACTION. */
+  action: string;
+  /** CRTOOLS_IMAGE_DIR, when set. */
+  imageDir: string | null;
+  /** CRTOOLS_INIT_PID, when set: the container's init task. */
+  initPid: number | null;
+  /** The CRIU process that runs this script (the script's parent). */
+  criuPid: number;
+  /** CTMIGRATE_CONTAINER: the container's id, when the runtime's cannot be read from its cgroup. */
+  container: string | null;
+}
+
+/** What one step did, for the one line the script prints. */
+export interface StepOutcome {
+  action: string;
+  container: string | null;
+  /** One line for people (stderr, CRIU's log). */
+  summary: string;
+}
+
+/** A step that could not do what it must; CRIU aborts the dump or restore on a non-zero exit. */
+export class CriuStepError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CriuStepError';
+  }
+}
+
+/** Default life of a destination's drop in the kernel, should nothing lift it (a restore of a big container takes minutes). */
+export const DEFAULT_DROP_EXPIRY_S = 300;
+
+@injectable()
+export class CriuAction {
+  constructor(
+    @inject(ConntrackPort) private readonly conntrack: ConntrackPort,
+    @inject(ConnectionFeed) private readonly feeds: ConnectionFeed,
+    @inject(CheckpointStore) private readonly store: CheckpointStore,
+    @inject(ContainerNetworkPort) private readonly network: ContainerNetworkPort,
+    @inject(ContainerDropsPort) private readonly drops: ContainerDropsPort,
+    @inject(RestoreWatchPort) private readonly watcher: RestoreWatchPort,
+    @inject(Clock) private readonly clock: Clock,
+    @inject(Log) private readonly log: Log,
+  ) {}
+
+  /** Run one step; resolves with what it did, rejects with a CriuStepError when CRIU must stop. */
+  async run(step: CriuStep, options: { tableCapacity: number; dropExpiryS?: number; host?: string }): Promise<StepOutcome> {
+    switch (step.action) {
+      case 'network-lock':
+        return this.pack(step, options.tableCapacity, options.host ?? '');
+      case 'post-dump':
+        return this.release(step, options.tableCapacity);
+      case 'pre-restore':
+        return this.hold(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S);
+      case 'network-unlock':
+        return this.unpack(step, options.tableCapacity);
+      default:
+        // pre-dump, setup-namespaces, post-restore, pre-resume, post-resume and
+        // whatever a later CRIU adds: nothing to do, and never a reason to fail.
+        return { action: step.action, container: null, summary: 'nothing to do' };
+    }
+  }
+
+  /**
+   * The watcher's step (see RestoreWatchPort): CRIU is gone, or the deadline
+   * passed, with the drop still in: the restore failed, nothing was imported.
+   */
+  async abandon(container: string, addresses: readonly Address[], why: string): Promise<boolean> {
+    if (!(await this.drops.blocked(container, addresses))) return false;
+    await this.drops.lift(container, addresses);
+    this.log.warn(`restore of container ${container} did not reach network-unlock (${why}): its drop is lifted, nothing was imported`, { container });
+    return true;
+  }
+
+  // ---- source ------------------------------------------------------------
+
+  private async pack(step: CriuStep, capacity: number, host: string): Promise<StepOutcome> {
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const pid = required(step.initPid, 'CRTOOLS_INIT_PID', step.action);
+    const net = await this.network.network(pid);
+    const container = await this.idOf(step, pid);
+    if (net.sharesHostNetwork) return { action: step.action, container, summary: 'the container uses the host\'s network: its flows are the host\'s, nothing to carry' };
+    if (net.addresses.length === 0) return { action: step.action, container, summary: 'the container\'s network namespace has no global address: nothing to carry' };
+    const table = await this.dumpOf(net.addresses, capacity);
+    const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
+    const manifest: CheckpointManifest = {
+      format: MANIFEST_FORMAT,
+      container,
+      addresses: net.addresses,
+      entries: summary.entries,
+      bytes: bytes.length,
+      sha256: createHash('sha256').update(bytes).digest('hex'),
+      host,
+      packedAt: this.clock.now(),
+    };
+    await this.store.write(dir, [
+      { name: SNAPSHOT_FILE, bytes },
+      { name: MANIFEST_FILE, bytes: Buffer.from(encodeManifest(manifest)) },
+    ]);
+    return { action: step.action, container, summary: `packed ${summary.entries} entries of ${texts(net.addresses)} (${bytes.length} bytes) into the checkpoint` };
+  }
+
+  private async release(step: CriuStep, capacity: number): Promise<StepOutcome> {
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const manifest = await this.manifestIn(dir);
+    if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to do' };
+    // Everything of the addresses now, not only what was packed: the container is frozen and gone from here.
+    const table = await this.dumpOf(manifest.addresses, capacity);
+    const report = await this.conntrack.remove({ table });
+    const gone = report.deleted + report.failures.filter((f) => f.code === 'ENOENT').length;
+    const failed = report.failures.filter((f) => f.code !== 'ENOENT');
+    for (const f of failed) this.log.warn(`entry not removed: ${f.flow}: ${f.reason} (${f.code})`, { container: manifest.container });
+    return {
+      action: step.action,
+      container: manifest.container,
+      summary: `removed ${gone} entries of ${texts(manifest.addresses)} from this host (they travel in the checkpoint)${failed.length ? `; ${failed.length} could not be removed` : ''}`,
+    };
+  }
+
+  // ---- destination -------------------------------------------------------
+
+  private async hold(step: CriuStep, expiryS: number): Promise<StepOutcome> {
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const manifest = await this.manifestIn(dir);
+    if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to hold' };
+    // Before anything can fail half-way: an unreadable snapshot stops the restore with nothing changed.
+    await this.snapshotIn(dir, manifest, Number.MAX_SAFE_INTEGER);
+    await this.drops.block(manifest.container, manifest.addresses, expiryS);
+    try {
+      await this.watcher.watch(manifest.container, manifest.addresses, step.criuPid, this.clock.now() + expiryS * 1000);
+    } catch (e) {
+      this.log.warn(`no watcher for the restore (${(e as Error).message}); the drop still expires after ${expiryS} s`, { container: manifest.container });
+    }
+    return { action: step.action, container: manifest.container, summary: `traffic of ${texts(manifest.addresses)} dropped until network-unlock (at most ${expiryS} s)` };
+  }
+
+  private async unpack(step: CriuStep, capacity: number): Promise<StepOutcome> {
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const manifest = await this.manifestIn(dir);
+    if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to import' };
+    const container = manifest.container;
+    try {
+      const owner = await this.ownerOf(step, manifest);
+      if (owner.addresses.length === 0) {
+        return { action: step.action, container, summary: `the restored container has none of ${texts(manifest.addresses)}: nothing imported` };
+      }
+      const decoded = await this.snapshotIn(dir, manifest, capacity);
+      const refused = new Uint32Array(REFUSAL_KINDS);
+      const report: WriteReport = await this.conntrack.create({
+        table: decoded.table,
+        filter: (v) => {
+          const r = confine(owner, v);
+          if (r !== Refusal.Accepted) refused[r]++;
+          return r === Refusal.Accepted;
+        },
+      });
+      for (const f of report.failures) this.log.warn(`entry not imported: ${f.flow}: ${f.reason} (${f.code})`, { container });
+      const kept = refused.reduce((a, b) => a + b, 0);
+      return {
+        action: step.action,
+        container,
+        summary:
+          `imported ${report.created + report.replaced} of ${decoded.live} entries (created ${report.created}, replaced ${report.replaced}, failed ${report.failures.length})` +
+          (kept ? `; refused ${kept}: ${refusalSummary(refused)}` : ''),
+      };
+    } finally {
+      // The container's traffic flows once this script exits, whatever the import did: a drop kept now would only cut it off.
+      await this.drops.lift(container, manifest.addresses);
+    }
+  }
+
+  // ---- shared ------------------------------------------------------------
+
+  /** The container as the import confines it: the manifest's addresses that the restored namespace really has. */
+  private async ownerOf(step: CriuStep, manifest: CheckpointManifest): Promise<VmSpec> {
+    if (step.initPid === null) return { uuid: manifest.container, addresses: manifest.addresses };
+    const net = await this.network.network(step.initPid);
+    if (net.sharesHostNetwork) return { uuid: manifest.container, addresses: [] };
+    const live = new Set(net.addresses.map((a) => canonicalAddressText(formatAddress(a.bytes, 0, a.bytes.length))));
+    return { uuid: manifest.container, addresses: manifest.addresses.filter((a) => live.has(canonicalAddressText(formatAddress(a.bytes, 0, a.bytes.length)))) };
+  }
+
+  private async idOf(step: CriuStep, pid: number): Promise<string> {
+    if (step.container !== null) {
+      if (!CONTAINER_ID.test(step.container)) throw new CriuStepError(`CTMIGRATE_CONTAINER ${JSON.stringify(step.container)} is not a container id (letters, digits, . _ -; at most 64)`);
+      return step.container;
+    }
+    return (await this.network.containerId(pid)) ?? `pid-${pid}`;
+  }
+
+  private async dumpOf(addresses: Address[], capacity: number): Promise<ConnectionTable> {
+    const table = ConnectionTable.create({ capacity });
+    const feed = this.feeds.start(table, { filter: { addresses }, follow: false });
+    try {
+      await feed.ready;
+    } finally {
+      await feed.stop().catch(() => undefined);
+    }
+    return table;
+  }
+
+  private async manifestIn(dir: string): Promise<CheckpointManifest | null> {
+    const bytes = await this.store.read(dir, MANIFEST_FILE, MANIFEST_MAX_BYTES);
+    if (bytes === null) return null;
+    try {
+      return parseManifest(Buffer.from(bytes).toString('utf8'));
+    } catch (e) {
+      if (e instanceof ManifestError) throw new CriuStepError(`${MANIFEST_FILE} in the checkpoint: ${e.message}; nothing done (remove ${MANIFEST_FILE} and ${SNAPSHOT_FILE} to restore without connection state)`);
+      throw e;
+    }
+  }
+
+  private async snapshotIn(dir: string, manifest: CheckpointManifest, capacity: number): Promise<Awaited<ReturnType<typeof readSnapshot>>> {
+    const bytes = await this.store.read(dir, SNAPSHOT_FILE, manifest.bytes);
+    const broken = (why: string): CriuStepError =>
+      new CriuStepError(`${SNAPSHOT_FILE} in the checkpoint ${why}; nothing done (remove ${MANIFEST_FILE} and ${SNAPSHOT_FILE} to restore without connection state)`);
+    if (bytes === null) throw broken('is missing');
+    if (bytes.length !== manifest.bytes) throw broken(`is ${bytes.length} bytes, the manifest says ${manifest.bytes}`);
+    if (createHash('sha256').update(bytes).digest('hex') !== manifest.sha256) throw broken('does not match the manifest\'s SHA-256');
+    try {
+      return await readSnapshot(bytes, { maxEntries: Math.max(1, Math.min(capacity, manifest.entries)) });
+    } catch (e) {
+      if (e instanceof CodecError) throw broken(`is unreadable: ${e.message}`);
+      throw e;
+    }
+  }
+}
+
+function required<T>(v: T | null, name: string, action: string): T {
+  if (v === null) throw new CriuStepError(`${action}: CRIU did not set ${name}`);
+  return v;
+}
+
+function texts(addresses: readonly Address[]): string {
+  return addresses.map((a) => formatAddress(a.bytes, 0, a.bytes.length)).join(', ');
+}
