@@ -51,7 +51,8 @@ import { VmSpec } from './vm';
  *   all, so what post-dump removed comes back from the image directory.
  * - pre-restore (destination): drops for the addresses the manifest names,
  *   before any of the container's packets can reach this host; a watcher
- *   lifts them if CRIU dies first, and the kernel expires them regardless.
+ *   lifts them if CRIU dies first (from setup-namespaces on, another if the
+ *   restored init dies), and the kernel expires them regardless.
  * - network-unlock (destination): the snapshot is imported, confined to the
  *   addresses the restored container really has, then the drop is lifted.
  *
@@ -114,6 +115,8 @@ export class CriuAction {
         return this.release(step, options.tableCapacity);
       case 'pre-restore':
         return this.hold(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S);
+      case 'setup-namespaces':
+        return this.watchInit(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S);
       case 'network-unlock':
         return this.unpack(step, options.tableCapacity);
       default:
@@ -194,6 +197,23 @@ export class CriuAction {
       this.log.warn(`no watcher for the restore (${(e as Error).message}); the drop still expires after ${expiryS} s`, { container: manifest.container });
     }
     return { action: step.action, container: manifest.container, summary: `traffic of ${texts(manifest.addresses)} dropped until network-unlock (at most ${expiryS} s)` };
+  }
+
+  /**
+   * The restored tree exists from here on, and CRIU kills it when the
+   * restore fails: a second watcher follows the container's init, for a
+   * CRIU that lives on after a failed restore (one serving RPC, runc's).
+   */
+  private async watchInit(step: CriuStep, expiryS: number): Promise<StepOutcome> {
+    if (step.imageDir === null || step.initPid === null) return { action: step.action, container: null, summary: 'nothing to do' };
+    const manifest = await this.manifestIn(step.imageDir);
+    if (!manifest || !(await this.drops.blocked(manifest.container, manifest.addresses))) return { action: step.action, container: manifest?.container ?? null, summary: 'nothing to do' };
+    try {
+      await this.watcher.watch(manifest.container, manifest.addresses, step.initPid, this.clock.now() + expiryS * 1000);
+    } catch (e) {
+      this.log.warn(`no watcher for the container's init (${(e as Error).message})`, { container: manifest.container });
+    }
+    return { action: step.action, container: manifest.container, summary: `watching the restored init (process ${step.initPid}) until network-unlock` };
   }
 
   private async unpack(step: CriuStep, capacity: number): Promise<StepOutcome> {
