@@ -11,6 +11,8 @@
  *   --kernel-only   the earlier demo: dump and load the kernel's entries
  *   --libvirt       the same through two real libvirtd hosts and the hook
  *   --plain         with --libvirt: also VMs nobody prepared (enable-vm --live)
+ *   --container     a container checkpointed on A and restored on B, as CRIU
+ *                   runs ctmigrate's action script (published port, SNAT)
  *   --relay         the migration through a relay (ctmigrated --relay), the
  *                   direct peer path between the hosts cut
  */
@@ -21,6 +23,7 @@ import { formatBytes } from '../../plugin/byte-size';
 import { MigrationLab, MigrationOutcome } from '../integration/lab/migration-lab';
 import { reapStaleNamespaces } from '../integration/lab/netns';
 import { RELAY, relayLab } from '../integration/lab/relay-lab';
+import { ContainerLab, CT } from '../integration/lab/container-lab';
 
 async function oneRun(mode: 'control' | 'vmstate', flows: number, churn: number, say: (s: string) => void): Promise<MigrationOutcome> {
   const lab = await MigrationLab.build();
@@ -34,10 +37,10 @@ async function oneRun(mode: 'control' | 'vmstate', flows: number, churn: number,
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { flows: { type: 'string' }, churn: { type: 'string' }, 'kernel-only': { type: 'boolean' }, libvirt: { type: 'boolean' }, plain: { type: 'boolean' }, relay: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { flows: { type: 'string' }, churn: { type: 'string' }, 'kernel-only': { type: 'boolean' }, libvirt: { type: 'boolean' }, plain: { type: 'boolean' }, relay: { type: 'boolean' }, container: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help) {
-    process.stdout.write('Usage: node dist/test/demo/migration-demo.js [--flows N] [--churn N] [--kernel-only | --libvirt [--plain] | --relay]\n');
+    process.stdout.write('Usage: node dist/test/demo/migration-demo.js [--flows N] [--churn N] [--kernel-only | --libvirt [--plain] | --relay | --container]\n');
     return 0;
   }
   if (values['kernel-only']) {
@@ -67,6 +70,7 @@ async function main(): Promise<number> {
   await reapStaleNamespaces();
   const started = Date.now();
   if (values.relay) return relayDemo(flows, churn, say, started);
+  if (values.container) return containerDemo(Math.min(flows, 500), say, started);
   say('ctmigrate demo: live-migrate a VM (QEMU, TCG) from host A to host B through strict firewalls');
   say('(forward policy drop, new TCP only on a bare SYN, nf_conntrack_tcp_loose=0) with busy TCP flows\n');
 
@@ -113,6 +117,36 @@ async function relayDemo(flows: number, churn: number, say: (s: string) => void,
     say('  relay                     ctmigrated --relay: no key, no D-Bus, no kernel access; the TLS session ran end to end');
     say(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)} s; every namespace, process and file removed`);
     return out.flows.kept === out.flows.flows && d?.route.startsWith('via ') ? 0 : 1;
+  } finally {
+    await m.close();
+  }
+}
+
+/** A container moved by CRIU (its steps played by the lab), with and without ctmigrate's action script. */
+async function containerDemo(flows: number, say: (s: string) => void, started: number): Promise<number> {
+  say('ctmigrate demo --container: checkpoint a container on host A and restore it on host B, as CRIU does, its');
+  say(`port ${CT.port} published as ${CT.published}:${CT.publishedPort} (DNAT) and its egress masqueraded (SNAT), through strict firewalls;`);
+  say('CRIU runs `ctmigratectl criu-action` (packaging/criu/criu-action) at each step\n');
+  const m = await ContainerLab.build();
+  try {
+    say('1/2 without ctmigrate (an action script that does nothing)');
+    const control = await m.migrate({ flows, run: 'control', withoutCtmigrate: true, progress: (l) => say(`  ${l}`) });
+    await m.reset();
+    say('\n2/2 with ctmigrate');
+    const out = await m.migrate({ flows, run: 'ctmigrate', progress: (l) => say(`  ${l}`) });
+    for (const l of [...out.dumpLog, ...out.restoreLog]) say(`  ${l.replace(/^ctmigrate criu-action: /, 'criu-action ')}`);
+    const row = (label: string, without: string, withCtm: string): string => `  ${label.padEnd(30)}${without.padEnd(22)}${withCtm}`;
+    const kept = (r: typeof out.published): string => `${r.kept} of ${r.flows}`;
+    say('\nsummary');
+    say(row('', 'without ctmigrate', 'with ctmigrate'));
+    say(row('published-port flows kept', kept(control.published), kept(out.published)));
+    say(row('egress (SNAT) flows kept', kept(control.egress), kept(out.egress)));
+    say(row('longest stall', 'broken (no echo 5 s)', `${Math.max(out.published.maxStallMs, out.egress.maxStallMs)} ms (frozen ${out.frozenMs} ms)`));
+    say(row('entries carried', '0', `${out.manifest?.entries ?? 0} (in the checkpoint)`));
+    say(row('forwarded on B before import', '-', `${out.forwarding.forwardedWhileBlocked} packets`));
+    say(row('entries left on A', `${control.entriesA.length}`, `${out.entriesA.length}`));
+    say(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)} s; every namespace, process and file removed`);
+    return out.published.kept === out.published.flows && out.egress.kept === out.egress.flows ? 0 : 1;
   } finally {
     await m.close();
   }

@@ -258,8 +258,18 @@ describe('the Debian package, built, installed with dpkg -i and purged', functio
       '/usr/lib/ctmigrate/dist/adapters/cli/ctmigrated.js',
       '/usr/lib/ctmigrate/dist/adapters/conntrack/native/binding/build/Release/ctmigrate_netlink.node',
       '/usr/lib/ctmigrate/node_modules/dbus-next/package.json',
+      '/usr/lib/ctmigrate/criu-action',
     ]) {
       assert.ok(existsSync(path), `${path} is not installed`);
+    }
+    // CRIU's action script runs the installed program (a checkpoint without ctmigrate's files: nothing to hold).
+    const images = mkdtempSync(join(tmpdir(), 'ctm-criu-'));
+    try {
+      const criu = await run('/usr/lib/ctmigrate/criu-action', [], { env: { PATH: '/usr/bin:/bin', CRTOOLS_SCRIPT_ACTION: 'pre-restore', CRTOOLS_IMAGE_DIR: images } });
+      assert.equal(criu.code, 0, show('criu-action', criu));
+      assert.match(criu.stderr, /criu-action: pre-restore: the checkpoint holds no ctmigrate state: nothing to hold/);
+    } finally {
+      rmSync(images, { recursive: true, force: true });
     }
     // Enabled even though no systemd runs here (the symlink is the enabling).
     assert.ok(existsSync(ENABLED), `${ENABLED} is missing: the unit was not enabled`);

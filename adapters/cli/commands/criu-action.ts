@@ -60,6 +60,8 @@ the dump or restore where it can), 2 not run by CRIU.
 
 /** Where the watcher started at pre-restore looks in between. */
 const WATCH_INTERVAL_MS = 200;
+/** Polls in a row that could not read the drop before the watcher gives up (5 s). */
+const MAX_WATCH_FAILURES = 25;
 
 async function run(args: string[], container: DependencyContainer, io: CommandIo): Promise<number> {
   const { values, positionals } = parseOptions(
@@ -128,8 +130,21 @@ async function watch(
   const drops = container.resolve<ContainerDropsPort>(ContainerDropsPort);
   const read = (p: string): string => readFileSync(p, 'utf8');
   const started = processStart(criuPid, read);
+  let failures = 0;
   for (;;) {
-    if (!(await drops.blocked(id, addresses).catch(() => true))) return 0;
+    let blocked: boolean;
+    try {
+      blocked = await drops.blocked(id, addresses);
+      failures = 0;
+    } catch (e) {
+      // nft keeps failing (the namespace is gone, nft removed): nothing this watcher could lift; the kernel's expiry stays.
+      if (++failures >= MAX_WATCH_FAILURES) {
+        io.stderr.write(`ctmigrate criu-action: container ${id}: cannot read the drop (${(e as Error).message}); the watcher ends, the drop expires by itself\n`);
+        return 1;
+      }
+      blocked = true;
+    }
+    if (!blocked) return 0;
     const gone = started === null || processStart(criuPid, read) !== started;
     const late = Date.now() >= deadline;
     if (gone || late) {
