@@ -1,12 +1,7 @@
 import { formatAddress } from './address';
 import { hasPorts, isIcmp, R_FLAGS, R_ORIG_DST, R_ORIG_SRC, RecordFlag } from './flow';
-import { PROTO_NAMES } from './flow-json';
+import { PROTO_NAMES, protoName } from './flow-json';
 import { FlowView } from './flow-view';
-
-/** Name of an IP protocol as conntrack prints it, or "proto N". */
-export function protoName(l4proto: number): string {
-  return PROTO_NAMES.get(l4proto) ?? `proto ${l4proto}`;
-}
 
 /**
  * One short line naming an entry by its original tuple and zone, for error
@@ -22,7 +17,8 @@ export function describeFlow(v: FlowView): string {
   let text: string;
   if (hasPorts(p)) text = `${protoName(p)} ${wrap(src)}:${v.origSport} -> ${wrap(dst)}:${v.origDport}`;
   else if (isIcmp(p)) text = `${protoName(p)} ${src} -> ${dst} type ${v.origDport >> 8} code ${v.origDport & 0xff} id ${v.origSport}`;
-  else text = `${protoName(p)} ${src} -> ${dst}`;
+  // Protocols with ports or ICMP always have a name; another may not ("proto 99").
+  else text = `${PROTO_NAMES.has(p) ? protoName(p) : `proto ${p}`} ${src} -> ${dst}`;
   if ((v.u8[v.rec + R_FLAGS] & RecordFlag.HasZone) !== 0) text += ` zone ${v.zone}`;
   return text;
 }

@@ -1,7 +1,7 @@
 import { inject, injectable } from 'tsyringe';
 import { configuredRelays, DaemonConfig, parsePeerAddress, relayFor } from './daemon-config';
 import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
-import { MigrationService, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
+import { MigrationDaemon, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
 import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, ResumeMessage, StartMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
@@ -27,6 +27,7 @@ import { VmTracker } from './vm-tracker';
 import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
 import { canonicalAddressText } from './address';
 import { decodeReference, encodeReference } from './vmstate-reference';
+import { NoSessionError, SessionBusyError } from './service-errors';
 
 /** The daemon's configuration, as the composition root resolved it. */
 export const DaemonConfigToken = Symbol('DaemonConfig');
@@ -51,7 +52,7 @@ const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
  * to the world through its ports.
  */
 @injectable()
-export class MigrationEngine implements MigrationService {
+export class MigrationEngine implements MigrationDaemon {
   private readonly vms = new Map<string, RegisteredVm>();
   private readonly trackers = new Map<string, VmTracker>();
   /** Cancels of the timers that start tracking again after an incoming session (see pauseTracking). */
@@ -214,7 +215,7 @@ export class MigrationEngine implements MigrationService {
   async unregister(uuid: string): Promise<void> {
     const id = parseVmUuid(uuid);
     const live = this.activeSession(id);
-    if (live) throw new Error(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
+    if (live) throw new SessionBusyError(`VM ${id} has a ${live.role} session in state ${live.state}; finish or abort it first`);
     await this.vmstate.detach(id);
     this.cancelTrackLater(id);
     await this.trackers.get(id)?.stop();
@@ -298,7 +299,7 @@ export class MigrationEngine implements MigrationService {
   async prepareIncoming(vm: VmSpec, options: PrepareOptions): Promise<SessionInfo> {
     this.refuseHostAddress(vm);
     const live = this.activeSession(vm.uuid);
-    if (live) throw new Error(`VM ${vm.uuid} already has a ${live.role} session in state ${live.state}`);
+    if (live) throw new SessionBusyError(`VM ${vm.uuid} already has a ${live.role} session in state ${live.state}`);
     const readiness: Readiness = options.readyWhen ? parseReadiness(options.readyWhen) : this.config.readyWhen;
     const source = options.source ? parsePeerAddress(options.source, 'source') : null;
     this.replace(vm.uuid);
@@ -509,7 +510,7 @@ export class MigrationEngine implements MigrationService {
   async cutover(uuid: string): Promise<SessionInfo> {
     const id = parseVmUuid(uuid);
     const s = this.sources.get(id);
-    if (!s || s.session.over) throw new Error(`VM ${id} has no outgoing session on this host`);
+    if (!s || s.session.over) throw new NoSessionError(`VM ${id} has no outgoing session on this host`);
     await s.cutover();
     return s.session.snapshot();
   }
@@ -522,7 +523,7 @@ export class MigrationEngine implements MigrationService {
     else if (d && !d.session.over) await d.finish(result);
     // Closing as failed what already failed (and rolled back) is done, not an error.
     else if (result === 'failed' && (s?.session.state === 'failed' || d?.session.state === 'failed')) return;
-    else throw new Error(`VM ${id} has no open session on this host`);
+    else throw new NoSessionError(`VM ${id} has no open session on this host`);
   }
 
   async abort(uuid: string): Promise<void> {
@@ -538,7 +539,7 @@ export class MigrationEngine implements MigrationService {
       await d.fail('aborted');
       any = true;
     }
-    if (!any) throw new Error(`VM ${id} has no open session on this host`);
+    if (!any) throw new NoSessionError(`VM ${id} has no open session on this host`);
   }
 
   // ---- QEMU dbus-vmstate -------------------------------------------------

@@ -1,3 +1,5 @@
+import type { RecoveryReport } from './crash-recovery';
+import type { PeerAddress } from './ports/peer-port';
 import { VmSpec } from './vm';
 
 /** Which side of a migration a session is. */
@@ -107,3 +109,19 @@ export interface MigrationService {
   subscribe(listener: (event: ServiceEvent) => void): () => void;
 }
 export const MigrationService = Symbol('MigrationService');
+
+/**
+ * The service with the daemon's lifecycle around it, as ctmigrated runs it:
+ * recover() once before anything else, restore() the registered VMs,
+ * start() answering peers, stop() rolling every open session back.
+ */
+export interface MigrationDaemon extends MigrationService {
+  /** Undo what a crashed earlier run left: its drops, its half-imported entries. */
+  recover(): Promise<RecoveryReport>;
+  /** Register again the VMs the run dir lists; resolves with how many. */
+  restore(): Promise<number>;
+  /** Listen for peers; resolves with the address bound. */
+  start(): Promise<PeerAddress>;
+  stop(): Promise<void>;
+}
+export const MigrationDaemon = Symbol('MigrationDaemon');

@@ -257,7 +257,7 @@ export function isDataMessage(m: PeerMessage): m is DataMessage {
 }
 
 /** Name of a frame kind for messages ("Changes", "kind 200"). */
-export function kindName(kind: number): string {
+export function messageKindName(kind: number): string {
   const n = (MessageKind as Record<number, string | undefined>)[kind];
   return n ?? `kind ${kind}`;
 }
@@ -480,13 +480,13 @@ export function encodeFrame(m: PeerMessage, maxFrameBytes = DEFAULT_MAX_FRAME_BY
       w.u8(m.has ? 1 : 0);
       break;
     default:
-      throw new RangeError(`cannot encode ${kindName((m as { kind: number }).kind)}`);
+      throw new RangeError(`cannot encode ${messageKindName((m as { kind: number }).kind)}`);
   }
   const tailBytes = tail?.length ?? 0;
   const head = w.finish(m.kind, tailBytes);
   const payload = head.length - FRAME_HEADER_BYTES + tailBytes;
   if (payload > maxFrameBytes)
-    throw new RangeError(`${kindName(m.kind)} frame of ${formatBytes(payload)} exceeds the peer's limit of ${formatBytes(maxFrameBytes)}; send smaller chunks`);
+    throw new RangeError(`${messageKindName(m.kind)} frame of ${formatBytes(payload)} exceeds the peer's limit of ${formatBytes(maxFrameBytes)}; send smaller chunks`);
   return tail && tail.length ? [head, tail] : [head];
 }
 
@@ -514,12 +514,12 @@ class FieldReader {
     if (this.pos + n > this.p.length)
       throw new PeerProtocolError(
         'truncated',
-        `sent a truncated ${kindName(this.kind)} frame (${what} at byte ${this.pos} needs ${n} bytes, ${this.p.length - this.pos} left)`,
+        `sent a truncated ${messageKindName(this.kind)} frame (${what} at byte ${this.pos} needs ${n} bytes, ${this.p.length - this.pos} left)`,
         this.kind,
       );
   }
   bad(what: string): PeerProtocolError {
-    return new PeerProtocolError('malformed', `sent a ${kindName(this.kind)} frame with ${what}`, this.kind);
+    return new PeerProtocolError('malformed', `sent a ${messageKindName(this.kind)} frame with ${what}`, this.kind);
   }
   u8(what: string): number {
     this.need(1, what);
@@ -582,7 +582,7 @@ class FieldReader {
   }
   end(): void {
     if (this.pos !== this.p.length)
-      throw new PeerProtocolError('trailing', `sent a ${kindName(this.kind)} frame with ${this.p.length - this.pos} trailing bytes`, this.kind);
+      throw new PeerProtocolError('trailing', `sent a ${messageKindName(this.kind)} frame with ${this.p.length - this.pos} trailing bytes`, this.kind);
   }
 }
 
@@ -716,9 +716,9 @@ export function decodeFrame(frame: Uint8Array, maxFrameBytes = DEFAULT_MAX_FRAME
   const kind = frame[4];
   if (len > maxFrameBytes) throw oversizeError(len, maxFrameBytes, kind);
   if (frame.length < FRAME_HEADER_BYTES + len)
-    throw new PeerProtocolError('truncated', `sent a truncated ${kindName(kind)} frame (${frame.length - FRAME_HEADER_BYTES} of ${len} payload bytes)`, kind);
+    throw new PeerProtocolError('truncated', `sent a truncated ${messageKindName(kind)} frame (${frame.length - FRAME_HEADER_BYTES} of ${len} payload bytes)`, kind);
   if (frame.length > FRAME_HEADER_BYTES + len)
-    throw new PeerProtocolError('trailing', `sent ${frame.length - FRAME_HEADER_BYTES - len} bytes after a ${kindName(kind)} frame`, kind);
+    throw new PeerProtocolError('trailing', `sent ${frame.length - FRAME_HEADER_BYTES - len} bytes after a ${messageKindName(kind)} frame`, kind);
   return decodePayload(kind, frame.subarray(FRAME_HEADER_BYTES));
 }
 

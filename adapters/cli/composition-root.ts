@@ -23,7 +23,9 @@ import { JournalStore } from '../../plugin/ports/journal-store';
 import { DaemonMetrics } from '../metrics/daemon-metrics';
 import { DaemonConfig } from '../../plugin/daemon-config';
 import { DaemonConfigToken, MigrationEngine } from '../../plugin/migration-engine';
-import { MigrationService } from '../../plugin/migration-service';
+import { MigrationDaemon, MigrationService } from '../../plugin/migration-service';
+import { DbusService } from '../dbus/dbus-service';
+import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
 import { BlockerPort } from '../../plugin/ports/blocker-port';
 import { Clock, systemClock } from '../../plugin/ports/clock';
 import { ConnectionFeed } from '../../plugin/ports/connection-feed';
@@ -74,10 +76,10 @@ export interface PeerSetup {
 /** Everything the daemon runs on, for this configuration (metrics: when `config.metrics` asks for them). */
 export function buildDaemonContainer(
   config: DaemonConfig,
-  vmstate: VmStatePort,
   parent: DependencyContainer = container,
 ): { c: DependencyContainer; peers: PeerSetup; metrics?: DaemonMetrics } {
   const c = buildContainer(parent);
+  const vmstate = new DbusVmStatePort(config.runDir, new StderrLog());
   const metrics = config.metrics ? new DaemonMetrics() : undefined;
   // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
   c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
@@ -117,5 +119,20 @@ export function buildDaemonContainer(
     peers = { enabled: false, why };
   }
   c.registerSingleton<MigrationService>(MigrationService, MigrationEngine);
+  c.register<MigrationDaemon>(MigrationDaemon, { useToken: MigrationService });
   return { c, peers, metrics };
+}
+
+/** The daemon's face on the system bus (org.ctmigrate1), over the container's service. */
+export function buildControlService(
+  c: DependencyContainer,
+  options: { version: string; onDisconnect: (e: Error) => void },
+): { start(): Promise<void>; stop(): Promise<void> } {
+  const vmstate = c.resolve<VmStatePort>(VmStatePort);
+  return new DbusService(c.resolve<MigrationService>(MigrationService), {
+    version: options.version,
+    objectArgs: (uuid) => vmstate.objectArgs(uuid),
+    log: c.resolve<Log>(Log),
+    onDisconnect: options.onDisconnect,
+  });
 }

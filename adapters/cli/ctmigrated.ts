@@ -2,16 +2,13 @@
 import 'reflect-metadata';
 import { mkdirSync } from 'node:fs';
 import { ensureConntrackEvents } from '../conntrack/event-sysctl';
-import { DbusService } from '../dbus/dbus-service';
-import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
 import { MetricsServer, serveMetrics } from '../metrics/metrics-server';
-import { MigrationEngine } from '../../plugin/migration-engine';
-import { MigrationService } from '../../plugin/migration-service';
+import { MigrationDaemon } from '../../plugin/migration-service';
 import { formatPeerAddress } from '../../plugin/ports/peer-port';
 import { Log } from '../../plugin/ports/log-port';
 import { warmUpCodec } from '../../plugin/warm-up';
 import { CommandIo } from './command';
-import { buildDaemonContainer } from './composition-root';
+import { buildControlService, buildDaemonContainer } from './composition-root';
 import { DAEMON_HELP, daemonConfig } from './daemon-options';
 import { relayConfig } from './relay-options';
 import { PeerRelay } from '../peer/relay';
@@ -39,11 +36,9 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   } catch (e) {
     throw new CommandError(`cannot create run dir ${config.runDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  const bootLog = new StderrLog();
-  const vmstate = new DbusVmStatePort(config.runDir, bootLog);
   let built;
   try {
-    built = buildDaemonContainer(config, vmstate);
+    built = buildDaemonContainer(config);
   } catch (e) {
     throw new CommandError((e as Error).message);
   }
@@ -55,7 +50,7 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
   } catch (e) {
     log.warn(`${(e as Error).message}; entries created while no migration listens may not report changes`);
   }
-  const engine = c.resolve<MigrationService>(MigrationService) as MigrationEngine;
+  const engine = c.resolve<MigrationDaemon>(MigrationDaemon);
   // First of all: a previous run that crashed may have left a VM blocked.
   const t0 = Date.now();
   const recovered = await engine.recover();
@@ -113,10 +108,8 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     log.info('stopped: every session rolled back', { exit: code });
     process.exit(code);
   };
-  const service = new DbusService(engine, {
+  const service = buildControlService(c, {
     version: packageVersion(),
-    objectArgs: (uuid) => vmstate.objectArgs(uuid),
-    log,
     onDisconnect: (e) => void stop(`lost the system bus: ${e.message}`, 1),
   });
   try {

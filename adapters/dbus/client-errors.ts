@@ -1,6 +1,6 @@
 import * as dbus from 'dbus-next';
 import { ManagerClientError } from '../../plugin/ports/manager-client';
-import { ERROR_FAILED, ERROR_INVALID_ARGS, ERROR_NO_SUCH_SESSION } from './names';
+import { ERROR_BUSY, ERROR_FAILED, ERROR_INVALID_ARGS, ERROR_NO_SUCH_SESSION } from './names';
 
 /**
  * What a refused or failed call means to ctmigratectl's user, in one line.
@@ -24,6 +24,7 @@ export function clientError(e: unknown, call: string, busAddress: string): Manag
       return new ManagerClientError('invalid-args', text);
     case ERROR_FAILED:
     case ERROR_NO_SUCH_SESSION:
+    case ERROR_BUSY:
       return new ManagerClientError('failed', text);
     default:
       if (e.type.startsWith('org.freedesktop.DBus.Error.Spawn')) {

@@ -4,7 +4,8 @@ import { nameArguments } from './argument-names';
 import { finishResultArgument, prepareArguments, vmSpecArguments, vmUuidArgument } from './call-arguments';
 import { managerStatus } from './manager-status';
 import { MANAGER_INTERFACE } from './names';
-import { asDbusCall, NoSuchSessionError } from './service-errors';
+import { asDbusCall } from './service-errors';
+import { NoSessionError } from '../../plugin/service-errors';
 
 /** What the Manager needs from whoever keeps the session objects. */
 export interface SessionDirectory {
@@ -26,7 +27,7 @@ export interface ManagerDependencies {
 export function latestSession(engine: MigrationService, uuid: string): SessionInfo {
   let best: SessionInfo | undefined;
   for (const s of engine.sessions()) if (s.vm === uuid && (!best || s.createdAt >= best.createdAt)) best = s;
-  if (!best) throw new NoSuchSessionError(`VM ${uuid} has no migration session on this host`);
+  if (!best) throw new NoSessionError(`VM ${uuid} has no migration session on this host`);
   return best;
 }
 
@@ -112,7 +113,7 @@ export class ManagerObject extends dbus.interface.Interface {
       const registered = this.deps.engine.registered().find((r) => r.vm.uuid === vm);
       if (registered) return registered.vmstateArgs;
       if (this.deps.objectArgs) return this.deps.objectArgs(vm);
-      throw new NoSuchSessionError(`VM ${vm} is not registered on this host`);
+      throw new NoSessionError(`VM ${vm} is not registered on this host`);
     });
   }
 

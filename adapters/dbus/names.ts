@@ -11,6 +11,8 @@ export const ERROR_FAILED = 'org.ctmigrate1.Error.Failed';
 export const ERROR_INVALID_ARGS = 'org.ctmigrate1.Error.InvalidArgs';
 /** The VM has no session on this host. */
 export const ERROR_NO_SUCH_SESSION = 'org.ctmigrate1.Error.NoSuchSession';
+/** The VM already has a session here that the call would collide with. */
+export const ERROR_BUSY = 'org.ctmigrate1.Error.Busy';
 
 /** QEMU's dbus-vmstate contract (docs/interop/dbus-vmstate.rst). */
 export const VMSTATE_BUS_NAME = 'org.qemu.VMState1';

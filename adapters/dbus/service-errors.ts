@@ -1,14 +1,8 @@
 import * as dbus from 'dbus-next';
 import { InvalidArgsError } from './call-arguments';
-import { ERROR_FAILED, ERROR_INVALID_ARGS, ERROR_NO_SUCH_SESSION } from './names';
-
-/** The VM has no session (or registration) here; becomes org.ctmigrate1.Error.NoSuchSession. */
-export class NoSuchSessionError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'NoSuchSessionError';
-  }
-}
+import { NoSessionError, SessionBusyError } from '../../plugin/service-errors';
+import { VmSpecError } from '../../plugin/vm';
+import { ERROR_BUSY, ERROR_FAILED, ERROR_INVALID_ARGS, ERROR_NO_SUCH_SESSION } from './names';
 
 function oneLine(text: string): string {
   const first = text.split('\n', 1)[0].trim();
@@ -22,8 +16,9 @@ function oneLine(text: string): string {
  */
 export function toDbusError(e: unknown): dbus.DBusError {
   if (e instanceof dbus.DBusError) return e;
-  if (e instanceof InvalidArgsError || (e instanceof Error && e.name === 'VmSpecError')) return new dbus.DBusError(ERROR_INVALID_ARGS, oneLine(e.message));
-  if (e instanceof NoSuchSessionError) return new dbus.DBusError(ERROR_NO_SUCH_SESSION, oneLine(e.message));
+  if (e instanceof InvalidArgsError || e instanceof VmSpecError) return new dbus.DBusError(ERROR_INVALID_ARGS, oneLine(e.message));
+  if (e instanceof NoSessionError) return new dbus.DBusError(ERROR_NO_SUCH_SESSION, oneLine(e.message));
+  if (e instanceof SessionBusyError) return new dbus.DBusError(ERROR_BUSY, oneLine(e.message));
   return new dbus.DBusError(ERROR_FAILED, oneLine(e instanceof Error ? e.message : String(e)));
 }
 

@@ -7,7 +7,7 @@ import {
   encodeFrame,
   HelloMessage,
   isDataMessage,
-  kindName,
+  messageKindName,
   MessageKind,
   PeerErrorCode,
   PeerMessage,
@@ -326,7 +326,7 @@ export class TlsPeerConnection implements PeerConnection {
 
   private onMessage(m: PeerMessage): void {
     if (this.hello === null) {
-      if (m.kind !== MessageKind.Hello) throw new PeerProtocolError('order', `sent ${kindName(m.kind)} before Hello`, m.kind);
+      if (m.kind !== MessageKind.Hello) throw new PeerProtocolError('order', `sent ${messageKindName(m.kind)} before Hello`, m.kind);
       if (m.protocol !== PROTOCOL_VERSION)
         throw new PeerProtocolError('version', `speaks protocol version ${m.protocol}; this host speaks ${PROTOCOL_VERSION}`, m.kind);
       this.hello = m;

@@ -336,9 +336,10 @@ export class MigrationLab {
    * Watch what a host forwards for the VM while its drop is in place. A
    * chain after every other forward chain counts the VM's packets that got
    * through; each sample is one `nft list ruleset` (one generation of the
-   * ruleset, so the drop table and the count are seen together). The drop
-   * only ever goes once it is lifted, so a sample that still shows it
-   * proves nothing was forwarded up to then unless its count is above 0.
+   * ruleset, so the drop and the count are seen together). The drop only
+   * ever goes once it is lifted, so a sample that still shows the VM's
+   * addresses in its sets proves nothing was forwarded up to then unless
+   * its count is above 0.
    */
   async watchForwarding(h: Host): Promise<{ stop(): Promise<ForwardingReport> }> {
     await h.ns.nft(`
@@ -363,8 +364,10 @@ table inet lab_probe {
       const n = packets(tables.get('table inet lab_probe'));
       report.samples++;
       report.forwarded = n;
+      // The quick lift empties the VM's sets at once and removes the table a
+      // moment later: the drop is in force while a set still holds an element.
       const drop = tables.get('table inet ctmigrate');
-      if (drop !== undefined) {
+      if (drop !== undefined && /elements = \{/.test(drop)) {
         report.blockedSamples++;
         report.forwardedWhileBlocked = Math.max(report.forwardedWhileBlocked, n);
         report.droppedWhileBlocked = Math.max(report.droppedWhileBlocked, packets(drop));

@@ -71,8 +71,11 @@ describe('KernelTurn', () => {
           resolve();
         }),
       );
-      await new Promise((r) => setTimeout(r, 100));
-      assert.equal(got, false, 'still waiting while the turn is taken');
+      // Proof that it waits, not a pause: notify() counts the threads asleep
+      // on the turn; the one it wakes finds the turn still taken and sleeps again.
+      const cell = new Int32Array(turn.sab, 0, 1);
+      while (Atomics.notify(cell, 0, 1) === 0) await new Promise<void>((r) => setImmediate(r));
+      assert.equal(got, false, 'got the turn while it was taken');
       turn.give();
       await done;
       assert.equal(got, true);

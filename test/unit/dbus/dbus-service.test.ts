@@ -3,7 +3,8 @@ import { DbusService, DbusServiceError } from '../../../adapters/dbus/dbus-servi
 import { sessionObjectPath } from '../../../adapters/dbus/names';
 import { AF_INET } from '../../../plugin/flow';
 import { ManagerStatus } from '../../../plugin/ports/manager-client';
-import { vmSpec } from '../../../plugin/vm';
+import { NoSessionError, SessionBusyError } from '../../../plugin/service-errors';
+import { vmSpec, VmSpecError } from '../../../plugin/vm';
 import { PrivateBus, startPrivateBus } from '../../support/private-bus';
 import { FakeEngine, fakeEngine, sampleSession, VM } from './fake-engine';
 import { propertiesChanged, RawClient } from './raw-client';
@@ -108,6 +109,20 @@ describe('D-Bus service org.ctmigrate1 (private dbus-daemon)', function () {
     const e = await client.managerError('Cutover', 's', [VM]);
     assert.equal(e.type, 'org.ctmigrate1.Error.Failed');
     assert.equal(e.text, 'peer 198.51.100.2 is gone; delta not shipped, source untouched');
+  });
+
+  it('maps the engine\'s typed refusals to their own error names, with the engine\'s words', async () => {
+    fake.cutover.rejects(new NoSessionError(`VM ${VM} has no outgoing session on this host`));
+    const none = await client.managerError('Cutover', 's', [VM]);
+    assert.equal(none.type, 'org.ctmigrate1.Error.NoSuchSession');
+    assert.equal(none.text, `VM ${VM} has no outgoing session on this host`);
+    fake.unregister.rejects(new SessionBusyError(`VM ${VM} has a source session in state streaming; finish or abort it first`));
+    const busy = await client.managerError('Unregister', 's', [VM]);
+    assert.equal(busy.type, 'org.ctmigrate1.Error.Busy');
+    assert.match(busy.text, /finish or abort it first$/);
+    fake.register.rejects(new VmSpecError(`VM ${VM}: 198.51.100.1 is an address of this host, never a VM's own address`));
+    const spec = await client.managerError('Register', 'sasis', [VM, ['198.51.100.1'], -1, '']);
+    assert.equal(spec.type, 'org.ctmigrate1.Error.InvalidArgs');
   });
 
   it('refuses bad arguments with org.ctmigrate1.Error.InvalidArgs before reaching the engine', async () => {

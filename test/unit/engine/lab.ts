@@ -13,6 +13,7 @@ import { parseAddress } from '../../../plugin/address';
 import { DaemonConfig, defaultConfig } from '../../../plugin/daemon-config';
 import { L4, R_FLAGS, R_PROTO_STATE, R_REPLY_DPORT, R_REPLY_DST, R_REPLY_SPORT, R_REPLY_SRC, R_STATUS, R_TIMEOUT, RecordFlag, Status } from '../../../plugin/flow';
 import { FlowRecord } from '../../../plugin/flow-view';
+import { TCP_ESTABLISHED } from '../../../plugin/flow-json';
 import { DaemonConfigToken, MigrationEngine } from '../../../plugin/migration-engine';
 import { ServiceEvent, SessionInfo, SessionState } from '../../../plugin/migration-service';
 import { BlockerPort } from '../../../plugin/ports/blocker-port';
@@ -148,7 +149,6 @@ export function eventKinds(h: Host): string[] {
   return h.events.map((e) => e.kind);
 }
 
-const TCP_ESTABLISHED = 3;
 
 export interface FlowOptions {
   /** TCP state (kernel numbering; 3 = established). */
