@@ -28,9 +28,10 @@ import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
 import { canonicalAddressText } from './address';
 import { decodeReference, encodeReference } from './vmstate-reference';
 import { NoSessionError, SessionBusyError } from './service-errors';
+import { portToken } from './ports/port-token';
 
 /** The daemon's configuration, as the composition root resolved it. */
-export const DaemonConfigToken = Symbol('DaemonConfig');
+export const DaemonConfigToken = portToken<DaemonConfig>('DaemonConfig');
 
 /** How long a query to one peer ("who runs VM X?") may take. */
 const WHO_HAS_TIMEOUT_MS = 3000;

@@ -1,6 +1,7 @@
 import type { RecoveryReport } from './crash-recovery';
 import type { PeerAddress } from './ports/peer-port';
 import { VmSpec } from './vm';
+import { portToken } from './ports/port-token';
 
 /** Which side of a migration a session is. */
 export type SessionRole = 'source' | 'destination';
@@ -108,7 +109,7 @@ export interface MigrationService {
   /** Subscribe to changes; returns the unsubscribe function. */
   subscribe(listener: (event: ServiceEvent) => void): () => void;
 }
-export const MigrationService = Symbol('MigrationService');
+export const MigrationService = portToken<MigrationService>('MigrationService');
 
 /**
  * The service with the daemon's lifecycle around it, as ctmigrated runs it:
@@ -124,4 +125,4 @@ export interface MigrationDaemon extends MigrationService {
   start(): Promise<PeerAddress>;
   stop(): Promise<void>;
 }
-export const MigrationDaemon = Symbol('MigrationDaemon');
+export const MigrationDaemon = portToken<MigrationDaemon>('MigrationDaemon');

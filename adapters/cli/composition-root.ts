@@ -44,6 +44,7 @@ import { ImageDirStore } from '../criu/image-dir-store';
 import { DetachedRestoreWatch } from '../criu/restore-watch';
 import { ProcContainerNetwork } from '../host/container-network';
 import { NftContainerDrops } from '../nftables/container-drops';
+import { providePort, resolvePort } from '../../plugin/ports/port-token';
 
 /** Where the restore watcher (criu-action --watch) writes its few lines. */
 const CRIU_WATCH_LOG = '/run/ctmigrate/criu-watch.log';
@@ -54,16 +55,16 @@ const CRIU_WATCH_LOG = '/run/ctmigrate/criu-watch.log';
  */
 export function buildContainer(parent: DependencyContainer = container): DependencyContainer {
   const c = parent.createChildContainer();
-  c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink() });
-  c.register<ConnectionFeed>(ConnectionFeed, { useFactory: () => new NetlinkFeed() });
-  c.register<ManagerClient>(ManagerClient, { useFactory: () => new DbusManagerClient() });
+  providePort(c, ConntrackPort, { useFactory: () => new ConntrackNetlink() });
+  providePort(c, ConnectionFeed, { useFactory: () => new NetlinkFeed() });
+  providePort(c, ManagerClient, { useFactory: () => new DbusManagerClient() });
   // criu-action (containers): each step is a process of its own.
-  c.register<Log>(Log, { useFactory: () => new StderrLog() });
-  c.register<Clock>(Clock, { useValue: systemClock });
-  c.register<CheckpointStore>(CheckpointStore, { useFactory: () => new ImageDirStore() });
-  c.register<ContainerNetworkPort>(ContainerNetworkPort, { useFactory: () => new ProcContainerNetwork() });
-  c.register<ContainerDropsPort>(ContainerDropsPort, { useFactory: () => new NftContainerDrops() });
-  c.register<RestoreWatchPort>(RestoreWatchPort, { useFactory: () => new DetachedRestoreWatch(process.execPath, process.argv[1] ?? '', CRIU_WATCH_LOG) });
+  providePort(c, Log, { useFactory: () => new StderrLog() });
+  providePort(c, Clock, { useValue: systemClock });
+  providePort(c, CheckpointStore, { useFactory: () => new ImageDirStore() });
+  providePort(c, ContainerNetworkPort, { useFactory: () => new ProcContainerNetwork() });
+  providePort(c, ContainerDropsPort, { useFactory: () => new NftContainerDrops() });
+  providePort(c, RestoreWatchPort, { useFactory: () => new DetachedRestoreWatch(process.execPath, process.argv[1] ?? '', CRIU_WATCH_LOG) });
   return c;
 }
 
@@ -82,21 +83,21 @@ export function buildDaemonContainer(
   const vmstate = new DbusVmStatePort(config.runDir, new StderrLog());
   const metrics = config.metrics ? new DaemonMetrics() : undefined;
   // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
-  c.register<ConntrackPort>(ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
+  providePort(c, ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
   const log = new StderrLog();
-  c.register<Log>(Log, { useValue: log });
-  c.register<Clock>(Clock, { useValue: systemClock });
-  c.register<DaemonConfig>(DaemonConfigToken, { useValue: config });
-  c.register<BlockerPort>(BlockerPort, { useValue: new NftablesBlocker() });
-  c.register<VmStatePort>(VmStatePort, { useValue: metrics ? metrics.timeVmState(vmstate) : vmstate });
-  if (metrics) c.register<ConnectionFeed>(ConnectionFeed, { useValue: metrics.meterFeed(new NetlinkFeed()) });
-  c.register<RegistryStore>(RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
-  c.register<JournalStore>(JournalStore, { useValue: new FileJournalStore(config.runDir) });
+  providePort(c, Log, { useValue: log });
+  providePort(c, Clock, { useValue: systemClock });
+  providePort(c, DaemonConfigToken, { useValue: config });
+  providePort(c, BlockerPort, { useValue: new NftablesBlocker() });
+  providePort(c, VmStatePort, { useValue: metrics ? metrics.timeVmState(vmstate) : vmstate });
+  if (metrics) providePort(c, ConnectionFeed, { useValue: metrics.meterFeed(new NetlinkFeed()) });
+  providePort(c, RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
+  providePort(c, JournalStore, { useValue: new FileJournalStore(config.runDir) });
   const virsh = new Virsh(config.libvirtUri);
-  c.register<HostVmsPort>(HostVmsPort, { useValue: new LibvirtHostVms(virsh) });
-  c.register<VmstateObjectPort>(VmstateObjectPort, { useValue: new QemuVmstateObjects(virsh) });
-  c.register<DomainEventsPort>(DomainEventsPort, { useValue: new LibvirtDomainEvents(config.libvirtUri, virsh, log) });
-  c.register<HostAddressesPort>(HostAddressesPort, { useValue: new InterfaceAddresses() });
+  providePort(c, HostVmsPort, { useValue: new LibvirtHostVms(virsh) });
+  providePort(c, VmstateObjectPort, { useValue: new QemuVmstateObjects(virsh) });
+  providePort(c, DomainEventsPort, { useValue: new LibvirtDomainEvents(config.libvirtUri, virsh, log) });
+  providePort(c, HostAddressesPort, { useValue: new InterfaceAddresses() });
   let peers: PeerSetup;
   const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
   const given = Object.values(files).some((f) => f !== undefined);
@@ -108,18 +109,18 @@ export function buildDaemonContainer(
         'mutual TLS needs to know which peers to let in, not any certificate the CA signed: give --peer ADDR:PORT for each host this one migrates with, or --tls-allow NAME for their certificate names',
       );
     const port = new TlsPeerPort({ credentials, hostId: hostname(), allowedIdentities });
-    c.register<PeerPort>(PeerPort, { useValue: metrics ? metrics.meterPeers(port) : port });
+    providePort(c, PeerPort, { useValue: metrics ? metrics.meterPeers(port) : port });
     peers = { enabled: true, why: '' };
   } catch (e) {
     // Credentials that were asked for and cannot be used stop the daemon;
     // none at all (and no libvirt PKI) is the single-host default.
     if (given) throw e;
     const why = `peer channel disabled: ${(e as Error).message}`;
-    c.register<PeerPort>(PeerPort, { useValue: new UnconfiguredPeerPort(why) });
+    providePort(c, PeerPort, { useValue: new UnconfiguredPeerPort(why) });
     peers = { enabled: false, why };
   }
-  c.registerSingleton<MigrationService>(MigrationService, MigrationEngine);
-  c.register<MigrationDaemon>(MigrationDaemon, { useToken: MigrationService });
+  c.registerSingleton<MigrationDaemon>(MigrationDaemon, MigrationEngine);
+  providePort(c, MigrationService, { useToken: MigrationDaemon });
   return { c, peers, metrics };
 }
 
@@ -128,11 +129,11 @@ export function buildControlService(
   c: DependencyContainer,
   options: { version: string; onDisconnect: (e: Error) => void },
 ): { start(): Promise<void>; stop(): Promise<void> } {
-  const vmstate = c.resolve<VmStatePort>(VmStatePort);
-  return new DbusService(c.resolve<MigrationService>(MigrationService), {
+  const vmstate = resolvePort(c, VmStatePort);
+  return new DbusService(resolvePort(c, MigrationService), {
     version: options.version,
     objectArgs: (uuid) => vmstate.objectArgs(uuid),
-    log: c.resolve<Log>(Log),
+    log: resolvePort(c, Log),
     onDisconnect: options.onDisconnect,
   });
 }

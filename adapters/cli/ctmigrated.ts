@@ -16,6 +16,7 @@ import { packageVersion } from './package-info';
 import { runMain } from './run-main';
 import { StderrLog } from './stderr-log';
 import { CommandError } from './usage-error';
+import { resolvePort } from '../../plugin/ports/port-token';
 
 /** A stop (SIGTERM, SIGINT) ends the process within 5 s whatever hangs; this leaves room to exit. */
 const STOP_DEADLINE_MS = 4500;
@@ -43,14 +44,14 @@ async function main(argv: string[], io: CommandIo): Promise<number> {
     throw new CommandError((e as Error).message);
   }
   const { c, peers, metrics } = built;
-  const log = c.resolve<Log>(Log);
+  const log = resolvePort(c, Log);
   try {
     const ev = ensureConntrackEvents();
     if (ev.changed) log.info('conntrack events enabled for every new entry', { sysctl: 'net.netfilter.nf_conntrack_events', was: ev.before });
   } catch (e) {
     log.warn(`${(e as Error).message}; entries created while no migration listens may not report changes`);
   }
-  const engine = c.resolve<MigrationDaemon>(MigrationDaemon);
+  const engine = resolvePort(c, MigrationDaemon);
   // First of all: a previous run that crashed may have left a VM blocked.
   const t0 = Date.now();
   const recovered = await engine.recover();

@@ -2,6 +2,7 @@ import { DependencyContainer } from 'tsyringe';
 import { ManagerClient, ManagerClientError } from '../../plugin/ports/manager-client';
 import { VmSpecError } from '../../plugin/vm';
 import { CommandError, UsageError } from './usage-error';
+import { resolvePort } from '../../plugin/ports/port-token';
 
 /**
  * Run `fn` against the local daemon and turn every failure into one line:
@@ -9,7 +10,7 @@ import { CommandError, UsageError } from './usage-error';
  * name, the daemon's own message otherwise. Exit 1, or 2 for bad arguments.
  */
 export async function withDaemon<T>(container: DependencyContainer, fn: (client: ManagerClient) => Promise<T>): Promise<T> {
-  const client = container.resolve<ManagerClient>(ManagerClient);
+  const client = resolvePort(container, ManagerClient);
   try {
     return await fn(client);
   } catch (e) {

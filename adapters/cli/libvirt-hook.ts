@@ -14,6 +14,7 @@ import { ManagerClient } from '../../plugin/ports/manager-client';
 import { buildContainer } from './composition-root';
 import { packageVersion } from './package-info';
 import { StderrLog } from './stderr-log';
+import { resolvePort } from '../../plugin/ports/port-token';
 
 /** libvirt waits for its hooks; ours gives up on its own well before anyone notices. */
 const DEFAULT_DEADLINE_MS = 8000;
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
       if (required) outcome.exitCode = 1;
       return finish();
     }
-    const client = buildContainer().resolve<ManagerClient>(ManagerClient);
+    const client = resolvePort(buildContainer(), ManagerClient);
     const hook = new LibvirtHook(client, log, { remainingMs: () => deadline - EXIT_MARGIN_MS - (Date.now() - started) });
     try {
       await hook.run(inv, input.text, outcome);

@@ -1,4 +1,5 @@
 import { Address } from '../address';
+import { portToken } from './port-token';
 
 /** A VM whose traffic this host drops, as the kernel holds it. */
 export interface BlockedVm {
@@ -58,4 +59,4 @@ export interface BlockerPort {
    */
   settle?(): Promise<void>;
 }
-export const BlockerPort = Symbol('BlockerPort');
+export const BlockerPort = portToken<BlockerPort>('BlockerPort');

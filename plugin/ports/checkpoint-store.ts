@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /**
  * CRIU's image directory of one checkpoint (adapters/criu). CRIU hands
  * action scripts the directory as CRTOOLS_IMAGE_DIR, a /proc/PID/fd/N path
@@ -13,4 +15,4 @@ export interface CheckpointStore {
    */
   write(dir: string, files: ReadonlyArray<{ name: string; bytes: Uint8Array }>): Promise<void>;
 }
-export const CheckpointStore = Symbol('CheckpointStore');
+export const CheckpointStore = portToken<CheckpointStore>('CheckpointStore');

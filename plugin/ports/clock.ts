@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /** Time as the engine sees it; tests pass a fake they can advance. */
 export interface Clock {
   /** Milliseconds since the epoch. */
@@ -5,7 +7,7 @@ export interface Clock {
   /** Run `fn` after `ms`; returns a cancel function. */
   after(ms: number, fn: () => void): () => void;
 }
-export const Clock = Symbol('Clock');
+export const Clock = portToken<Clock>('Clock');
 
 /** The real clock. */
 export const systemClock: Clock = {

@@ -1,5 +1,6 @@
 import { ConnectionTable } from '../connection-table';
 import { FlowFilter } from '../flow-filter';
+import { portToken } from './port-token';
 
 /** Progress and health of a running feed. */
 export interface FeedStats {
@@ -45,4 +46,4 @@ export interface FeedOptions {
 export interface ConnectionFeed {
   start(table: ConnectionTable, options: FeedOptions): Feed;
 }
-export const ConnectionFeed = Symbol('ConnectionFeed');
+export const ConnectionFeed = portToken<ConnectionFeed>('ConnectionFeed');

@@ -1,6 +1,7 @@
 import { ConnectionTable } from '../connection-table';
 import { FlowFilter } from '../flow-filter';
 import { FlowView } from '../flow-view';
+import { portToken } from './port-token';
 
 /** What one write of many entries did, entry by entry. */
 export interface WriteReport {
@@ -85,4 +86,4 @@ export interface ConntrackPort {
    */
   close?(): Promise<void>;
 }
-export const ConntrackPort = Symbol('ConntrackPort');
+export const ConntrackPort = portToken<ConntrackPort>('ConntrackPort');

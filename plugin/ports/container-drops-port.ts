@@ -1,4 +1,5 @@
 import { Address } from '../address';
+import { portToken } from './port-token';
 
 /**
  * Drop rules for containers being restored (adapters/nftables). Unlike a
@@ -15,4 +16,4 @@ export interface ContainerDropsPort {
   /** Whether any of the addresses is still dropped for the container. */
   blocked(container: string, addresses: readonly Address[]): Promise<boolean>;
 }
-export const ContainerDropsPort = Symbol('ContainerDropsPort');
+export const ContainerDropsPort = portToken<ContainerDropsPort>('ContainerDropsPort');

@@ -1,4 +1,5 @@
 import { Address } from '../address';
+import { portToken } from './port-token';
 
 /** A container's network, as seen through one of its processes (adapters/host). */
 export interface ContainerNetwork {
@@ -17,4 +18,4 @@ export interface ContainerNetworkPort {
   /** The runtime's id of the container the process runs in (from its cgroup), or null when none can be told. */
   containerId(pid: number): Promise<string | null>;
 }
-export const ContainerNetworkPort = Symbol('ContainerNetworkPort');
+export const ContainerNetworkPort = portToken<ContainerNetworkPort>('ContainerNetworkPort');

@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /**
  * The hypervisor's lifecycle events for this host's domains (libvirt's
  * event API; adapters/libvirt).
@@ -13,4 +15,4 @@ export interface DomainEventsPort {
   /** Stop following anything (the daemon stops). */
   close?(): Promise<void>;
 }
-export const DomainEventsPort = Symbol('DomainEventsPort');
+export const DomainEventsPort = portToken<DomainEventsPort>('DomainEventsPort');

@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /**
  * Which VMs run on this host, as the hypervisor sees them (libvirt;
  * adapters/libvirt). Asked after a crash: a VM that runs here keeps the
@@ -7,4 +9,4 @@ export interface HostVmsPort {
   /** true: the VM runs here; false: it does not; undefined: the hypervisor cannot tell (not reachable). */
   running(uuid: string): Promise<boolean | undefined>;
 }
-export const HostVmsPort = Symbol('HostVmsPort');
+export const HostVmsPort = portToken<HostVmsPort>('HostVmsPort');

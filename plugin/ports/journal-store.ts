@@ -1,4 +1,5 @@
 import { JournalRecord } from '../session-journal';
+import { portToken } from './port-token';
 
 /** What the journal holds: the records that read back, and why the others did not. */
 export interface JournalContents {
@@ -21,4 +22,4 @@ export interface JournalStore {
   /** Every record left, e.g. by a daemon that crashed. */
   load(): Promise<JournalContents>;
 }
-export const JournalStore = Symbol('JournalStore');
+export const JournalStore = portToken<JournalStore>('JournalStore');

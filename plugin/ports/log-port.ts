@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /** Fields of a structured log line. */
 export type LogFields = Record<string, string | number | boolean | undefined>;
 
@@ -7,4 +9,4 @@ export interface Log {
   warn(message: string, fields?: LogFields): void;
   error(message: string, fields?: LogFields): void;
 }
-export const Log = Symbol('Log');
+export const Log = portToken<Log>('Log');

@@ -1,5 +1,6 @@
 import { PrepareOptions, ServiceEvent, SessionInfo } from '../migration-service';
 import { VmSpec } from '../vm';
+import { portToken } from './port-token';
 
 /** A VM registered with the local daemon, as `status` shows it. */
 export interface RegisteredVmStatus {
@@ -73,4 +74,4 @@ export interface ManagerClient {
   /** Drop the bus connection. */
   close(): Promise<void>;
 }
-export const ManagerClient = Symbol('ManagerClient');
+export const ManagerClient = portToken<ManagerClient>('ManagerClient');

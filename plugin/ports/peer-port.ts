@@ -1,4 +1,5 @@
 import { AckMessage, HelloMessage, PeerMessage, PeerRole } from '../peer-protocol';
+import { portToken } from './port-token';
 
 /** Where a peer listens: "198.51.100.2:7471", "[2001:db8::2]:7471". */
 export interface PeerAddress {
@@ -124,4 +125,4 @@ export interface PeerPort {
   /** Dial a peer; resolves after authentication and the Hello exchange. */
   connect(address: PeerAddress, options: PeerDialOptions): Promise<PeerConnection>;
 }
-export const PeerPort = Symbol('PeerPort');
+export const PeerPort = portToken<PeerPort>('PeerPort');

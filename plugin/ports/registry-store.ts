@@ -1,5 +1,6 @@
 import { DecodedRegistry } from '../vm-registry';
 import { VmSpec } from '../vm';
+import { portToken } from './port-token';
 
 /**
  * Where the daemon keeps the VMs registered on this host between runs
@@ -12,4 +13,4 @@ export interface RegistryStore {
   /** Replace the saved set with `vms` (atomically: a crash leaves the old or the new set). */
   save(vms: readonly VmSpec[]): Promise<void>;
 }
-export const RegistryStore = Symbol('RegistryStore');
+export const RegistryStore = portToken<RegistryStore>('RegistryStore');

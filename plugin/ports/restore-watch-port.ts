@@ -1,4 +1,5 @@
 import { Address } from '../address';
+import { portToken } from './port-token';
 
 /**
  * Someone to notice a restore that dies (adapters/criu). CRIU runs no
@@ -13,4 +14,4 @@ export interface RestoreWatchPort {
    */
   watch(container: string, addresses: readonly Address[], criuPid: number, deadline: number): Promise<void>;
 }
-export const RestoreWatchPort = Symbol('RestoreWatchPort');
+export const RestoreWatchPort = portToken<RestoreWatchPort>('RestoreWatchPort');

@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /**
  * The dbus-vmstate object inside a VM's running QEMU, reached through the
  * hypervisor (libvirt's QEMU monitor passthrough; adapters/libvirt). The
@@ -12,4 +14,4 @@ export interface VmstateObjectPort {
   /** Take it out again; an object already gone is no error. */
   remove(uuid: string, objectArgs: string, timeoutMs: number): Promise<void>;
 }
-export const VmstateObjectPort = Symbol('VmstateObjectPort');
+export const VmstateObjectPort = portToken<VmstateObjectPort>('VmstateObjectPort');

@@ -1,3 +1,5 @@
+import { portToken } from './port-token';
+
 /** What the engine does when QEMU calls the VM's dbus-vmstate helper. */
 export interface VmStateHandler {
   /** Source, VM stopped: return the (small) blob QEMU carries in the migration stream. */
@@ -27,4 +29,4 @@ export interface VmStatePort {
   /** QEMU's `-object` value for the VM as this host is configured (the helper need not run). */
   objectArgs(uuid: string): string;
 }
-export const VmStatePort = Symbol('VmStatePort');
+export const VmStatePort = portToken<VmStatePort>('VmStatePort');

@@ -92,6 +92,36 @@ describe('containers: ctmigratectl criu-action run by CRIU (DNAT published port,
     assert.ok((out.manifest?.entries ?? 0) >= 20);
   });
 
+  it('a dump that leaves the container running (--leave-running: network-unlock on the source) puts A\'s entries back and keeps every flow on A', async () => {
+    const m = lab as ContainerLab;
+    const pid = await m.initPid();
+    const flows = await m.startFlows(10);
+    await sleep(300);
+    await Promise.all([flows.published.mark(), flows.egress.mark()]);
+    const before = await m.entries(m.a);
+    const dir = await m.imageDir('leave-running');
+    const dump = await CriuRun.start(m.lab, m.a, dir);
+    assert.equal(await dump.step('pre-dump'), 0);
+    await m.freeze();
+    assert.equal(await dump.step('network-lock', pid), 0, dump.log.join('\n'));
+    await m.lockNetwork();
+    assert.equal(await dump.step('post-dump', pid), 0, dump.log.join('\n'));
+    assert.deepEqual(await m.entries(m.a), [], 'post-dump left entries on A');
+    // The tasks go on running here: CRIU unlocks the network on the source.
+    assert.equal(await dump.step('network-unlock', pid), 0, dump.log.join('\n'));
+    await m.unlockNetwork();
+    await m.thaw();
+    await dump.end();
+    assert.deepEqual(await m.entries(m.a), before, 'A did not get its entries back as they were');
+    await sleep(1_500);
+    const [p, e] = await Promise.all([flows.published.report(), flows.egress.report()]);
+    assert.equal(p.kept, 10, JSON.stringify(p));
+    assert.equal(e.kept, 10, JSON.stringify(e));
+    assert.match(dump.log.join('\n'), /network-unlock: container \S+: imported 20 of 20 entries \(created 20, replaced 0, failed 0\)/);
+    await flows.published.stop();
+    await flows.egress.stop();
+  });
+
   it('a damaged checkpoint stops the restore at pre-restore with nothing changed, and says how to go on', async () => {
     const m = lab as ContainerLab;
     const pid = await m.initPid();

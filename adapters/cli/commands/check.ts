@@ -18,6 +18,7 @@ import {
   DEFAULT_HOOK_PATH,
 } from '../host-checks';
 import { UsageError } from '../usage-error';
+import { resolvePort } from '../../../plugin/ports/port-token';
 
 /** Pull `--hook FILE` out; the rest are the daemon's own flags. */
 function splitHookOption(args: string[]): { hook: string; rest: string[] } {
@@ -63,14 +64,14 @@ Exit status: 0 everything OK, 1 something failed, 2 bad arguments.
   async run(args: string[], c: DependencyContainer, io: CommandIo): Promise<number> {
     const { hook, rest } = splitHookOption(args);
     const config = daemonConfig(rest);
-    const client = c.resolve<ManagerClient>(ManagerClient);
+    const client = resolvePort(c, ManagerClient);
     const results: CheckResult[] = [];
     const show = (r: CheckResult): void => {
       results.push(r);
       io.stdout.write(`${formatCheck(r)}\n`);
     };
     try {
-      show(await checkConntrack(c.resolve<ConntrackPort>(ConntrackPort)));
+      show(await checkConntrack(resolvePort(c, ConntrackPort)));
       show(checkEvents());
       show(await checkNft());
       show(await checkDaemon(client, systemBusAddress()));

@@ -11,6 +11,7 @@ import { Command, CommandIo } from '../command';
 import { parseOptions } from '../parse-options';
 import { kernelTableCapacity } from '../table-sizing';
 import { CommandError, UsageError } from '../usage-error';
+import { resolvePort } from '../../../plugin/ports/port-token';
 
 const HELP = `Usage: ctmigratectl criu-action
 
@@ -127,7 +128,7 @@ async function watch(
     }
   }
   if (addresses.length === 0) throw new UsageError('--watch needs --address');
-  const drops = container.resolve<ContainerDropsPort>(ContainerDropsPort);
+  const drops = resolvePort(container, ContainerDropsPort);
   const read = (p: string): string => readFileSync(p, 'utf8');
   const started = processStart(criuPid, read);
   let failures = 0;

@@ -10,6 +10,7 @@ import { parseFilter } from '../flow-options';
 import { parseOptions } from '../parse-options';
 import { kernelTableCapacity } from '../table-sizing';
 import { CommandError, UsageError } from '../usage-error';
+import { resolvePort } from '../../../plugin/ports/port-token';
 
 const HELP = `Usage: ctmigratectl dump [--address IP]... [--zone N] [--mark VALUE[/MASK]]
                          [--output FILE] [--format binary|json]
@@ -59,7 +60,7 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
 
   const started = Date.now();
   const table = ConnectionTable.create({ capacity: kernelTableCapacity() });
-  const feed = container.resolve<ConnectionFeed>(ConnectionFeed).start(table, { filter, follow: false });
+  const feed = resolvePort(container, ConnectionFeed).start(table, { filter, follow: false });
   try {
     await feed.ready;
   } finally {

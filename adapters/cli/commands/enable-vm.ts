@@ -12,13 +12,14 @@ import { Command, CommandIo } from '../command';
 import { parseMark, parseZone } from '../flow-options';
 import { parseOptions } from '../parse-options';
 import { CommandError, UsageError } from '../usage-error';
+import { resolvePort } from '../../../plugin/ports/port-token';
 
 const DEFAULT_RUN_DIR = '/run/ctmigrate';
 
 /** QEMU's -object value for the VM: the local daemon's answer, or what the default run dir gives. */
 async function objectArgsFor(c: DependencyContainer, uuid: string, runDir: string | undefined, io: CommandIo): Promise<string> {
   if (runDir === undefined) {
-    const client = c.resolve<ManagerClient>(ManagerClient);
+    const client = resolvePort(c, ManagerClient);
     try {
       return await client.vmstateArgs(uuid);
     } catch (e) {
@@ -86,7 +87,7 @@ async function enableLive(c: DependencyContainer, io: CommandIo, virsh: Virsh, d
     throw e;
   }
   io.stderr.write(`ctmigratectl: ctmigrate metadata (${addresses.join(', ')}) set on ${where}; no restart needed\n`);
-  const client = c.resolve<ManagerClient>(ManagerClient);
+  const client = resolvePort(c, ManagerClient);
   try {
     await client.register(vm);
   } catch (e) {

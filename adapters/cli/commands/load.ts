@@ -8,6 +8,7 @@ import { Command, CommandIo } from '../command';
 import { parseOptions } from '../parse-options';
 import { kernelTableCapacity } from '../table-sizing';
 import { CommandError, UsageError } from '../usage-error';
+import { resolvePort } from '../../../plugin/ports/port-token';
 
 const HELP = `Usage: ctmigratectl load [--input FILE]
 
@@ -63,7 +64,7 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
     io.stderr.write(`${name}: holds only deletions (a delta); nothing to create\n`);
   }
 
-  const port = container.resolve<ConntrackPort>(ConntrackPort);
+  const port = resolvePort(container, ConntrackPort);
   const progress = io.stderr.isTTY
     ? (done: number, total: number): void => {
         io.stderr.write(`\rloading ${done}/${total}`);

@@ -23,6 +23,7 @@ import { FakeClock } from '../engine/fakes/fake-clock';
 import { FakeConntrack, FakeFeed, FakeKernel } from '../engine/fakes/fake-kernel';
 import { RecordingLog } from '../engine/fakes/recording-log';
 import { tcp } from '../engine/lab';
+import { providePort } from '../../../plugin/ports/port-token';
 
 const CTR = '192.0.2.10';
 const DIR = '/proc/4242/fd/7';
@@ -91,14 +92,14 @@ function host(store: MemoryStore, net: ContainerNetwork = { sharesHostNetwork: f
   const drops = new FakeDrops();
   const watch = new FakeWatch();
   const netns = new FakeNetns(net);
-  c.register<ConntrackPort>(ConntrackPort, { useValue: new FakeConntrack(kernel) });
-  c.register<ConnectionFeed>(ConnectionFeed, { useValue: new FakeFeed(kernel, false) });
-  c.register<CheckpointStore>(CheckpointStore, { useValue: store });
-  c.register<ContainerNetworkPort>(ContainerNetworkPort, { useValue: netns });
-  c.register<ContainerDropsPort>(ContainerDropsPort, { useValue: drops });
-  c.register<RestoreWatchPort>(RestoreWatchPort, { useValue: watch });
-  c.register<Clock>(Clock, { useValue: new FakeClock(1_700_000_000_000) });
-  c.register<Log>(Log, { useValue: new RecordingLog() });
+  providePort(c, ConntrackPort, { useValue: new FakeConntrack(kernel) });
+  providePort(c, ConnectionFeed, { useValue: new FakeFeed(kernel, false) });
+  providePort(c, CheckpointStore, { useValue: store });
+  providePort(c, ContainerNetworkPort, { useValue: netns });
+  providePort(c, ContainerDropsPort, { useValue: drops });
+  providePort(c, RestoreWatchPort, { useValue: watch });
+  providePort(c, Clock, { useValue: new FakeClock(1_700_000_000_000) });
+  providePort(c, Log, { useValue: new RecordingLog() });
   return { kernel, drops, watch, netns, action: c.resolve(CriuAction), c };
 }
 

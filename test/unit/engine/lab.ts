@@ -31,6 +31,7 @@ import { FakeConntrack, FakeFeed, FakeKernel } from './fakes/fake-kernel';
 import { FakeNetwork } from './fakes/fake-peer-network';
 import { FakeVmState } from './fakes/fake-vmstate';
 import { RecordingLog } from './fakes/recording-log';
+import { providePort } from '../../../plugin/ports/port-token';
 
 export const PORT = 7471;
 export const CHANGE_INTERVAL_MS = 20;
@@ -102,24 +103,24 @@ export async function startHost(
     ...settings,
   };
   const c = container.createChildContainer();
-  c.register(DaemonConfigToken, { useValue: config });
-  c.register(ConntrackPort, { useValue: conntrack });
-  c.register(ConnectionFeed, { useValue: wrap.feed ? wrap.feed(feeds) : feeds });
-  c.register(BlockerPort, { useValue: blocker });
-  c.register(PeerPort, { useValue: wrap.peers ? wrap.peers(net.port(ip)) : net.port(ip) });
-  c.register(VmStatePort, { useValue: wrap.vmstate ? wrap.vmstate(vmstate) : vmstate });
-  c.register(Clock, { useValue: clock });
-  c.register(Log, { useValue: log });
-  c.register(RegistryStore, { useValue: registry });
+  providePort(c, DaemonConfigToken, { useValue: config });
+  providePort(c, ConntrackPort, { useValue: conntrack });
+  providePort(c, ConnectionFeed, { useValue: wrap.feed ? wrap.feed(feeds) : feeds });
+  providePort(c, BlockerPort, { useValue: blocker });
+  providePort(c, PeerPort, { useValue: wrap.peers ? wrap.peers(net.port(ip)) : net.port(ip) });
+  providePort(c, VmStatePort, { useValue: wrap.vmstate ? wrap.vmstate(vmstate) : vmstate });
+  providePort(c, Clock, { useValue: clock });
+  providePort(c, Log, { useValue: log });
+  providePort(c, RegistryStore, { useValue: registry });
   const journal = wrap.journal ?? new FakeJournal();
   const hostVms = new FakeHostVms();
-  c.register(JournalStore, { useValue: journal });
-  c.register(HostVmsPort, { useValue: hostVms });
+  providePort(c, JournalStore, { useValue: journal });
+  providePort(c, HostVmsPort, { useValue: hostVms });
   // The host's own address, plus loopback, as getifaddrs lists them.
-  c.register(HostAddressesPort, { useValue: { addresses: () => [ip, '127.0.0.1', '::1'] } });
+  providePort(c, HostAddressesPort, { useValue: { addresses: () => [ip, '127.0.0.1', '::1'] } });
   const hypervisor = new FakeHypervisor();
-  c.register(VmstateObjectPort, { useValue: hypervisor });
-  c.register(DomainEventsPort, { useValue: hypervisor });
+  providePort(c, VmstateObjectPort, { useValue: hypervisor });
+  providePort(c, DomainEventsPort, { useValue: hypervisor });
   const engine = c.resolve(MigrationEngine);
   const events: ServiceEvent[] = [];
   engine.subscribe((e) => events.push(e));
