@@ -1,18 +1,8 @@
 import { createHash } from 'node:crypto';
 import { inject, injectable } from 'tsyringe';
 import { Address, canonicalAddressText, formatAddress } from './address';
-import {
-  CheckpointManifest,
-  CONTAINER_ID,
-  encodeManifest,
-  MANIFEST_FILE,
-  MANIFEST_FORMAT,
-  MANIFEST_MAX_BYTES,
-  ManifestError,
-  parseManifest,
-  SNAPSHOT_FILE,
-} from './checkpoint-manifest';
-import { CodecError } from './codec-error';
+import { CheckpointManifest, CONTAINER_ID, encodeManifest, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_MAX_BYTES, SNAPSHOT_FILE } from './checkpoint-manifest';
+import { checkManifest, checkSnapshot, ContainerStateError } from './container-state';
 import { ConnectionTable, Scan } from './connection-table';
 import { confine, Refusal, REFUSAL_KINDS, refusalSummary } from './import-confinement';
 import { CheckpointStore } from './ports/checkpoint-store';
@@ -22,8 +12,9 @@ import { ContainerDropsPort } from './ports/container-drops-port';
 import { ContainerNetworkPort } from './ports/container-network-port';
 import { ConntrackPort, WriteReport } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
+import { ManagerClient } from './ports/manager-client';
 import { RestoreWatchPort } from './ports/restore-watch-port';
-import { readSnapshot } from './snapshot-reader';
+import { DecodedSnapshot } from './snapshot-decoder';
 import { encodeTableToBuffer } from './snapshot-encoder';
 import { VmSpec } from './vm';
 
@@ -72,6 +63,8 @@ export interface CriuStep {
   criuPid: number;
   /** CTMIGRATE_CONTAINER: the container's id, when the runtime's cannot be read from its cgroup. */
   container: string | null;
+  /** CTMIGRATE_DESTINATION: the destination daemon (ADDR:PORT), when the dump knows where the container goes. */
+  destination?: string | null;
 }
 
 /** What one step did, for the one line the script prints. */
@@ -104,6 +97,7 @@ export class CriuAction {
     @inject(RestoreWatchPort) private readonly watcher: RestoreWatchPort,
     @inject(Clock) private readonly clock: Clock,
     @inject(Log) private readonly log: Log,
+    @inject(ManagerClient) private readonly daemon: ManagerClient,
   ) {}
 
   /** Run one step; resolves with what it did, rejects with a CriuStepError when CRIU must stop. */
@@ -158,11 +152,23 @@ export class CriuAction {
       host,
       packedAt: this.clock.now(),
     };
+    const manifestText = encodeManifest(manifest);
     await this.store.write(dir, [
       { name: SNAPSHOT_FILE, bytes },
-      { name: MANIFEST_FILE, bytes: Buffer.from(encodeManifest(manifest)) },
+      { name: MANIFEST_FILE, bytes: Buffer.from(manifestText) },
     ]);
-    return { action: step.action, container, summary: `packed ${summary.entries} entries of ${texts(net.addresses)} (${bytes.length} bytes) into the checkpoint` };
+    let sent = '';
+    if (step.destination) {
+      // Besides the checkpoint, never instead of it: a refusal or a dead peer costs nothing but this line.
+      try {
+        await this.daemon.sendContainerState(step.destination, { container, manifest: manifestText, snapshot: bytes });
+        sent = `; sent to ${step.destination}`;
+      } catch (e) {
+        sent = `; not sent to ${step.destination} (${(e as Error).message}), it travels in the checkpoint`;
+        this.log.warn(`container state not sent to ${step.destination}: ${(e as Error).message}`, { container });
+      }
+    }
+    return { action: step.action, container, summary: `packed ${summary.entries} entries of ${texts(net.addresses)} (${bytes.length} bytes) into the checkpoint${sent}` };
   }
 
   private async release(step: CriuStep, capacity: number): Promise<StepOutcome> {
@@ -186,7 +192,12 @@ export class CriuAction {
 
   private async hold(step: CriuStep, expiryS: number): Promise<StepOutcome> {
     const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
-    const manifest = await this.manifestIn(dir);
+    let manifest = await this.manifestIn(dir);
+    let from = '';
+    if (!manifest && step.container !== null) {
+      manifest = await this.fromPeer(dir, step.container);
+      if (manifest) from = ' (the state a peer sent this host)';
+    }
     if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to hold' };
     // Before anything can fail half-way: an unreadable snapshot stops the restore with nothing changed.
     await this.snapshotIn(dir, manifest, Number.MAX_SAFE_INTEGER);
@@ -196,7 +207,7 @@ export class CriuAction {
     } catch (e) {
       this.log.warn(`no watcher for the restore (${(e as Error).message}); the drop still expires after ${expiryS} s`, { container: manifest.container });
     }
-    return { action: step.action, container: manifest.container, summary: `traffic of ${texts(manifest.addresses)} dropped until network-unlock (at most ${expiryS} s)` };
+    return { action: step.action, container: manifest.container, summary: `traffic of ${texts(manifest.addresses)} dropped until network-unlock (at most ${expiryS} s)${from}` };
   }
 
   /**
@@ -281,28 +292,57 @@ export class CriuAction {
     return table;
   }
 
+  /**
+   * The image directory has no ctmigrate files (images streamed, or copied
+   * without them): the state the source's daemon sent this host's, written
+   * into the directory so that the later steps find it there. Checked whole
+   * before anything is written.
+   */
+  private async fromPeer(dir: string, container: string): Promise<CheckpointManifest | null> {
+    if (!CONTAINER_ID.test(container)) throw new CriuStepError(`CTMIGRATE_CONTAINER ${JSON.stringify(container)} is not a container id (letters, digits, . _ -; at most 64)`);
+    let state;
+    try {
+      state = await this.daemon.takeContainerState(container);
+    } catch (e) {
+      this.log.info(`no state of container ${container} from a peer: ${(e as Error).message}`, { container });
+      return null;
+    }
+    let manifest: CheckpointManifest;
+    try {
+      manifest = checkManifest(state.manifest);
+      if (manifest.container !== container) throw new ContainerStateError('manifest', `names container ${manifest.container}, not ${container}`);
+      await checkSnapshot(manifest, state.snapshot, Number.MAX_SAFE_INTEGER);
+    } catch (e) {
+      if (e instanceof ContainerStateError) throw new CriuStepError(`the state a peer sent for container ${container}: the ${e.part} ${e.message}; nothing done`);
+      throw e;
+    }
+    await this.store.write(dir, [
+      { name: SNAPSHOT_FILE, bytes: state.snapshot },
+      { name: MANIFEST_FILE, bytes: Buffer.from(state.manifest) },
+    ]);
+    return manifest;
+  }
+
   private async manifestIn(dir: string): Promise<CheckpointManifest | null> {
     const bytes = await this.store.read(dir, MANIFEST_FILE, MANIFEST_MAX_BYTES);
     if (bytes === null) return null;
     try {
-      return parseManifest(Buffer.from(bytes).toString('utf8'));
+      return checkManifest(Buffer.from(bytes).toString('utf8'));
     } catch (e) {
-      if (e instanceof ManifestError) throw new CriuStepError(`${MANIFEST_FILE} in the checkpoint: ${e.message}; nothing done (remove ${MANIFEST_FILE} and ${SNAPSHOT_FILE} to restore without connection state)`);
+      if (e instanceof ContainerStateError) throw new CriuStepError(`${MANIFEST_FILE} in the checkpoint: ${e.message}; nothing done (remove ${MANIFEST_FILE} and ${SNAPSHOT_FILE} to restore without connection state)`);
       throw e;
     }
   }
 
-  private async snapshotIn(dir: string, manifest: CheckpointManifest, capacity: number): Promise<Awaited<ReturnType<typeof readSnapshot>>> {
+  private async snapshotIn(dir: string, manifest: CheckpointManifest, capacity: number): Promise<DecodedSnapshot> {
     const bytes = await this.store.read(dir, SNAPSHOT_FILE, manifest.bytes);
     const broken = (why: string): CriuStepError =>
       new CriuStepError(`${SNAPSHOT_FILE} in the checkpoint ${why}; nothing done (remove ${MANIFEST_FILE} and ${SNAPSHOT_FILE} to restore without connection state)`);
     if (bytes === null) throw broken('is missing');
-    if (bytes.length !== manifest.bytes) throw broken(`is ${bytes.length} bytes, the manifest says ${manifest.bytes}`);
-    if (createHash('sha256').update(bytes).digest('hex') !== manifest.sha256) throw broken('does not match the manifest\'s SHA-256');
     try {
-      return await readSnapshot(bytes, { maxEntries: Math.max(1, Math.min(capacity, manifest.entries)) });
+      return await checkSnapshot(manifest, bytes, capacity);
     } catch (e) {
-      if (e instanceof CodecError) throw broken(`is unreadable: ${e.message}`);
+      if (e instanceof ContainerStateError) throw broken(e.message);
       throw e;
     }
   }

@@ -1,8 +1,9 @@
 import { inject, injectable } from 'tsyringe';
 import { configuredRelays, DaemonConfig, parsePeerAddress, relayFor } from './daemon-config';
 import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
-import { MigrationDaemon, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
-import { ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, ResumeMessage, StartMessage } from './peer-protocol';
+import { ContainerState, MigrationDaemon, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
+import { checkContainerState } from './container-state';
+import { ContainerStateMessage, ErrorMessage, MessageKind, PeerErrorCode, PeerMessage, PeerRole, ResumeMessage, StartMessage } from './peer-protocol';
 import { BlockerPort } from './ports/blocker-port';
 import { Clock } from './ports/clock';
 import { ConnectionFeed } from './ports/connection-feed';
@@ -46,6 +47,9 @@ const CUTOVER_SETUP_TIMEOUT_MS = 3000;
 const RESUME_SLACK_MS = 5000;
 /** How long a peer may take to say what it wants after the handshake. */
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+/** A container's state a peer sent is kept this long for its restore, at most this many at once. */
+const HELD_CONTAINER_MS = 3_600_000;
+const MAX_HELD_CONTAINERS = 64;
 
 /**
  * The migration engine: the registry of this host's VMs, the sessions in
@@ -68,6 +72,8 @@ export class MigrationEngine implements MigrationDaemon {
   /** Cut-over set-ups being undone (a hot-attached object taken out of a running QEMU). */
   private readonly releases = new Set<Promise<void>>();
   private readonly authorization: PeerAuthorization;
+  /** Containers' states peers sent (CRIU's network-lock there), kept for their restore here. */
+  private readonly heldContainers = new Map<string, { state: ContainerState; at: number }>();
 
   constructor(
     @inject(DaemonConfigToken) private readonly config: DaemonConfig,
@@ -387,6 +393,7 @@ export class MigrationEngine implements MigrationDaemon {
         await conn.close();
         return;
       }
+      if (first.kind === MessageKind.ContainerState) return await this.holdContainer(conn, first);
       if (first.kind === MessageKind.Start) return await this.startSource(conn, first);
       if (first.kind === MessageKind.Resume) return await this.resumeSource(conn, first);
       await this.refuse(conn, PeerErrorCode.Protocol, `expected Start or WhoHas, got ${MessageKind[first.kind]}`);
@@ -541,6 +548,61 @@ export class MigrationEngine implements MigrationDaemon {
       any = true;
     }
     if (!any) throw new NoSessionError(`VM ${id} has no open session on this host`);
+  }
+
+  // ---- containers (CRIU) -------------------------------------------------
+
+  async sendContainerState(destination: string, state: ContainerState): Promise<void> {
+    const at = parsePeerAddress(destination, 'destination');
+    // Checked here as the destination will: a state it would refuse is never sent.
+    await checkContainerState(state, this.config.tableCapacity);
+    const conn = await this.peers.connect(at, { role: PeerRole.Source, timeoutMs: WHO_HAS_TIMEOUT_MS, via: relayFor(this.config, at) });
+    try {
+      try {
+        await conn.send({ kind: MessageKind.ContainerState, container: state.container, manifest: state.manifest, bytes: state.snapshot });
+      } catch (e) {
+        if (e instanceof RangeError) throw new Error(`container ${state.container}: ${e.message}; its state travels in the checkpoint only`);
+        throw e;
+      }
+      const m = await conn.receive(FIRST_MESSAGE_TIMEOUT_MS);
+      if (m.kind === MessageKind.Error) throw new Error(`${formatPeerAddress(at)} refused the state of container ${state.container}: ${m.text}`);
+      if (m.kind !== MessageKind.ContainerHeld || m.container !== state.container)
+        throw new Error(`${formatPeerAddress(at)} answered the state of container ${state.container} with ${MessageKind[m.kind]}`);
+      this.log.info('container state sent', { container: state.container, destination: formatPeerAddress(at), bytes: state.snapshot.length });
+    } finally {
+      await conn.close().catch(() => conn.destroy());
+    }
+  }
+
+  async takeContainerState(container: string): Promise<ContainerState> {
+    this.forgetOldContainers();
+    const held = this.heldContainers.get(container);
+    if (!held) throw new NoSessionError(`no peer sent the state of container ${container} to this host (or it was taken, or it is older than ${HELD_CONTAINER_MS / 60_000} minutes)`);
+    this.heldContainers.delete(container);
+    return held.state;
+  }
+
+  /** A peer's container state: checked whole (manifest, size, digest, every record) before it is kept. */
+  private async holdContainer(conn: PeerConnection, m: ContainerStateMessage): Promise<void> {
+    this.forgetOldContainers();
+    // The payload's bytes belong to the connection's buffer: keep a copy.
+    const state: ContainerState = { container: m.container, manifest: m.manifest, snapshot: Uint8Array.from(m.bytes) };
+    try {
+      await checkContainerState(state, this.config.tableCapacity);
+    } catch (e) {
+      return this.refuse(conn, PeerErrorCode.Refused, (e as Error).message);
+    }
+    if (!this.heldContainers.has(state.container) && this.heldContainers.size >= MAX_HELD_CONTAINERS)
+      return this.refuse(conn, PeerErrorCode.Limit, `this host already holds the states of ${MAX_HELD_CONTAINERS} containers`);
+    this.heldContainers.set(state.container, { state, at: this.clock.now() });
+    await conn.send({ kind: MessageKind.ContainerHeld, container: state.container });
+    await conn.close();
+    this.log.info('holding a container state for its restore', { container: state.container, peer: formatPeerAddress(conn.remote), bytes: state.snapshot.length });
+  }
+
+  private forgetOldContainers(): void {
+    const now = this.clock.now();
+    for (const [id, h] of this.heldContainers) if (now - h.at > HELD_CONTAINER_MS) this.heldContainers.delete(id);
   }
 
   // ---- QEMU dbus-vmstate -------------------------------------------------

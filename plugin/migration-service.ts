@@ -108,6 +108,20 @@ export interface MigrationService {
   registered(): RegisteredVm[];
   /** Subscribe to changes; returns the unsubscribe function. */
   subscribe(listener: (event: ServiceEvent) => void): () => void;
+  /**
+   * A container's packed state (CRIU's network-lock, criu-action.ts) to the
+   * daemon at `destination` (ADDR:PORT), which holds it for the restore.
+   */
+  sendContainerState(destination: string, state: ContainerState): Promise<void>;
+  /** The state a peer sent for this container, handed over once (NoSessionError when none came). */
+  takeContainerState(container: string): Promise<ContainerState>;
+}
+
+/** A container's packed state: ctmigrate.json's text and ctmigrate.ctm's bytes. */
+export interface ContainerState {
+  container: string;
+  manifest: string;
+  snapshot: Uint8Array;
 }
 export const MigrationService = portToken<MigrationService>('MigrationService');
 

@@ -22,7 +22,9 @@ import { formatAddress, parseAddress } from './address';
  * One connection carries one session: Hello both ways, then Start (or
  * Resume) from the destination, Offer from the source, Snapshot chunks (not
  * after a resume), Changes in version order, Final, Close. A "who has VM X?"
- * query (WhoHas / HasVm) may be the only exchange of a connection.
+ * query (WhoHas / HasVm) may be the only exchange of a connection, and so
+ * may a container's packed state (ContainerState / ContainerHeld, see
+ * criu-action.ts).
  */
 
 /** The protocol this build speaks; Hello carries it and a peer with another one is refused. */
@@ -60,6 +62,8 @@ export enum MessageKind {
   Close = 10,
   WhoHas = 11,
   HasVm = 12,
+  ContainerState = 13,
+  ContainerHeld = 14,
 }
 
 /** Why a peer dialled (or that it is the listening side). */
@@ -233,6 +237,30 @@ export interface HasVmMessage {
   has: boolean;
 }
 
+/** Longest container id and manifest text a ContainerState carries (the manifest's own limit, in a u16 length). */
+export const MAX_CONTAINER_ID_BYTES = 64;
+export const MAX_CONTAINER_MANIFEST_BYTES = 65535;
+
+/**
+ * Source → destination, at CRIU's network-lock when the destination is
+ * known: a container's packed state (ctmigrate.json and ctmigrate.ctm), to
+ * hold for the container's restore there.
+ */
+export interface ContainerStateMessage {
+  kind: MessageKind.ContainerState;
+  container: string;
+  /** ctmigrate.json's text. */
+  manifest: string;
+  /** ctmigrate.ctm's bytes (snapshot codec). */
+  bytes: Uint8Array;
+}
+
+/** The answer to ContainerState: the destination holds it (a refusal is an Error). */
+export interface ContainerHeldMessage {
+  kind: MessageKind.ContainerHeld;
+  container: string;
+}
+
 /** Everything a peer may send. */
 export type PeerMessage =
   | HelloMessage
@@ -246,7 +274,9 @@ export type PeerMessage =
   | ErrorMessage
   | CloseMessage
   | WhoHasMessage
-  | HasVmMessage;
+  | HasVmMessage
+  | ContainerStateMessage
+  | ContainerHeldMessage;
 
 /** Messages that carry session data and count against the sender's window. */
 export type DataMessage = SnapshotChunkMessage | ChangesMessage | FinalMessage;
@@ -479,6 +509,14 @@ export function encodeFrame(m: PeerMessage, maxFrameBytes = DEFAULT_MAX_FRAME_BY
       w.uuid('VM UUID', m.vm);
       w.u8(m.has ? 1 : 0);
       break;
+    case MessageKind.ContainerState:
+      w.str('container id', m.container, MAX_CONTAINER_ID_BYTES);
+      w.str('manifest', m.manifest, MAX_CONTAINER_MANIFEST_BYTES);
+      tail = m.bytes;
+      break;
+    case MessageKind.ContainerHeld:
+      w.str('container id', m.container, MAX_CONTAINER_ID_BYTES);
+      break;
     default:
       throw new RangeError(`cannot encode ${messageKindName((m as { kind: number }).kind)}`);
   }
@@ -700,6 +738,18 @@ export function decodePayload(kind: number, payload: Uint8Array): PeerMessage {
     case MessageKind.HasVm:
       m = { kind: k, queryId: r.u32('query id'), vm: r.uuid('VM UUID'), has: r.flag('answer') };
       break;
+    case MessageKind.ContainerState: {
+      const container = r.str('container id');
+      if (container === '' || Buffer.byteLength(container) > MAX_CONTAINER_ID_BYTES) throw r.bad(`a container id of ${Buffer.byteLength(container)} bytes (1 to ${MAX_CONTAINER_ID_BYTES})`);
+      m = { kind: k, container, manifest: r.str('manifest'), bytes: r.rest() };
+      break;
+    }
+    case MessageKind.ContainerHeld: {
+      const container = r.str('container id');
+      if (container === '' || Buffer.byteLength(container) > MAX_CONTAINER_ID_BYTES) throw r.bad(`a container id of ${Buffer.byteLength(container)} bytes (1 to ${MAX_CONTAINER_ID_BYTES})`);
+      m = { kind: k, container };
+      break;
+    }
   }
   r.end();
   return m;

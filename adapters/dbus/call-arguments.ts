@@ -1,5 +1,6 @@
 import { CtMark, CtMarkError, formatCtMark, parseCtMark } from '../../plugin/ct-mark';
 import { PrepareOptions } from '../../plugin/migration-service';
+import { CONTAINER_ID } from '../../plugin/checkpoint-manifest';
 import { parseVmUuid, VmSpec, vmSpec } from '../../plugin/vm';
 
 /** A D-Bus call's arguments cannot be used; becomes org.ctmigrate1.Error.InvalidArgs. */
@@ -46,6 +47,12 @@ function checked<T>(f: () => T): T {
 
 export function vmUuidArgument(uuid: string): string {
   return checked(() => parseVmUuid(uuid));
+}
+
+/** A container id (criu-action's): letters, digits, . _ -, at most 64. */
+export function containerArgument(id: string): string {
+  if (!CONTAINER_ID.test(id)) throw new InvalidArgsError(`not a container id: ${JSON.stringify(id.slice(0, 80))} (letters, digits, . _ -; at most 64)`);
+  return id;
 }
 
 /** Register/PrepareIncoming's (uuid, addresses, zone, mark) as a VmSpec. */

@@ -1,5 +1,5 @@
 import * as dbus from 'dbus-next';
-import { PrepareOptions, ServiceEvent, SessionInfo, SessionState } from '../../plugin/migration-service';
+import { ContainerState, PrepareOptions, ServiceEvent, SessionInfo, SessionState } from '../../plugin/migration-service';
 import { ManagerClient, ManagerClientError, ManagerStatus } from '../../plugin/ports/manager-client';
 import { vmAddressTexts, VmSpec } from '../../plugin/vm';
 import { BusConnection, connectBus, systemBusAddress } from './bus-connection';
@@ -77,6 +77,16 @@ export class DbusManagerClient implements ManagerClient {
   async vmstateArgs(uuid: string): Promise<string> {
     const [args] = await this.manager('VmstateArgs', 's', [uuid]);
     return asString(args, 'VmstateArgs');
+  }
+
+  async sendContainerState(destination: string, state: ContainerState): Promise<void> {
+    await this.manager('SendContainerState', 'sssay', [destination, state.container, state.manifest, Buffer.from(state.snapshot)]);
+  }
+
+  async takeContainerState(container: string): Promise<ContainerState> {
+    const [manifest, snapshot] = await this.manager('TakeContainerState', 's', [container]);
+    if (!Buffer.isBuffer(snapshot)) throw new ManagerClientError('failed', 'ctmigrated answered TakeContainerState without the snapshot bytes');
+    return { container, manifest: asString(manifest, 'TakeContainerState'), snapshot };
   }
 
   async watch(listener: (event: ServiceEvent) => void): Promise<() => Promise<void>> {

@@ -1,7 +1,7 @@
 import * as dbus from 'dbus-next';
 import { MigrationService, SessionInfo } from '../../plugin/migration-service';
 import { nameArguments } from './argument-names';
-import { finishResultArgument, prepareArguments, vmSpecArguments, vmUuidArgument } from './call-arguments';
+import { containerArgument, finishResultArgument, prepareArguments, vmSpecArguments, vmUuidArgument } from './call-arguments';
 import { managerStatus } from './manager-status';
 import { MANAGER_INTERFACE } from './names';
 import { asDbusCall } from './service-errors';
@@ -50,6 +50,8 @@ export class ManagerObject extends dbus.interface.Interface {
       GetSession: ['uuid', 'session'],
       Status: ['status_json'],
       VmstateArgs: ['uuid', 'vmstate_args'],
+      SendContainerState: ['destination', 'container', 'manifest', 'snapshot'],
+      TakeContainerState: ['container', 'manifest', 'snapshot'],
       SessionAdded: ['session'],
       SessionRemoved: ['session'],
       StateChanged: ['session', 'from', 'to'],
@@ -117,6 +119,19 @@ export class ManagerObject extends dbus.interface.Interface {
     });
   }
 
+  /** criu-action at CRIU's network-lock, the destination known: send the container's packed state there. */
+  SendContainerState(destination: string, container: string, manifest: string, snapshot: Buffer): Promise<void> {
+    return asDbusCall(() => this.deps.engine.sendContainerState(destination, { container: containerArgument(container), manifest, snapshot }));
+  }
+
+  /** criu-action at pre-restore, the image directory without ctmigrate's files: the state a peer sent. */
+  TakeContainerState(container: string): Promise<[string, Buffer]> {
+    return asDbusCall(async () => {
+      const s = await this.deps.engine.takeContainerState(containerArgument(container));
+      return [s.manifest, Buffer.from(s.snapshot)];
+    });
+  }
+
   // Signals: dbus-next wraps these (configureMembers) to send what they return.
   SessionAdded(session: string): string {
     return session;
@@ -154,6 +169,8 @@ ManagerObject.configureMembers({
     GetSession: { inSignature: 's', outSignature: 'o' },
     Status: { outSignature: 's' },
     VmstateArgs: { inSignature: 's', outSignature: 's' },
+    SendContainerState: { inSignature: 'sssay' },
+    TakeContainerState: { inSignature: 's', outSignature: 'say' },
   },
   signals: {
     SessionAdded: { signature: 'o' },

@@ -1,4 +1,4 @@
-import { PrepareOptions, ServiceEvent, SessionInfo } from '../migration-service';
+import { ContainerState, PrepareOptions, ServiceEvent, SessionInfo } from '../migration-service';
 import { VmSpec } from '../vm';
 import { portToken } from './port-token';
 
@@ -65,6 +65,10 @@ export interface ManagerClient {
   session(uuid: string): Promise<SessionInfo>;
   status(): Promise<ManagerStatus>;
   vmstateArgs(uuid: string): Promise<string>;
+  /** Hand a container's packed state to the daemon at `destination` (ADDR:PORT) through this host's daemon. */
+  sendContainerState(destination: string, state: ContainerState): Promise<void>;
+  /** The state a peer sent this host's daemon for the container (kind `failed` when none came). */
+  takeContainerState(container: string): Promise<ContainerState>;
   /**
    * Live updates (signals and PropertiesChanged) as ServiceEvents carrying
    * the session's latest properties. Resolves once subscribed, to the

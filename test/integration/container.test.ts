@@ -152,3 +152,41 @@ describe('containers: ctmigratectl criu-action run by CRIU (DNAT published port,
     assert.ok(!(await m.tables(m.b)).some((t) => t.includes('ctmigrate')));
   });
 });
+
+describe('containers over the peer channel (CTMIGRATE_DESTINATION at the dump, images streamed to B without ctmigrate files)', function () {
+  this.timeout(180_000);
+  let lab: ContainerLab | undefined;
+
+  before(async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    await reapStaleNamespaces();
+    lab = await ContainerLab.build({ daemons: true });
+  });
+
+  after(async () => {
+    await lab?.close();
+  });
+
+  it('network-lock sends the state to B\'s daemon; pre-restore takes it from there; every flow survives, A is clean', async () => {
+    const m = lab as ContainerLab;
+    const K = 20;
+    const out = await m.migrate({
+      flows: K,
+      run: 'peer',
+      streamed: true,
+      dumpEnv: { CTMIGRATE_DESTINATION: `${CT.peerB}:${CT.peerPort}`, CTMIGRATE_CONTAINER: 'web1' },
+      restoreEnv: { CTMIGRATE_CONTAINER: 'web1' },
+      progress: say,
+    });
+    for (const l of [...out.dumpLog, ...out.restoreLog]) say(`  ${l}`);
+    assert.match(out.dumpLog.join('\n'), new RegExp(`network-lock: container web1: packed \\d+ entries .* into the checkpoint; sent to ${CT.peerB}:${CT.peerPort}`));
+    assert.match(out.restoreLog.join('\n'), /pre-restore: container web1: traffic of 192\.0\.2\.10 dropped until network-unlock .*\(the state a peer sent this host\)/);
+    assert.equal(out.published.kept, K, JSON.stringify(out.published));
+    assert.equal(out.egress.kept, K, JSON.stringify(out.egress));
+    assert.equal(out.forwarding.forwardedWhileBlocked, 0);
+    assert.ok(out.forwarding.blockedSamples > 0);
+    assert.ok(out.entriesB.length >= 2 * K, `B holds ${out.entriesB.length} entries`);
+    assert.deepEqual(out.entriesA, []);
+    assert.ok(!out.tablesB.some((t) => t.includes('ctmigrate')), out.tablesB.join(', '));
+  });
+});

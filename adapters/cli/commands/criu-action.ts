@@ -6,12 +6,13 @@ import { Address, AddressError, parseAddress } from '../../../plugin/address';
 import { CONTAINER_ID } from '../../../plugin/checkpoint-manifest';
 import { CriuAction, CriuStep, CriuStepError, DEFAULT_DROP_EXPIRY_S } from '../../../plugin/criu-action';
 import { ContainerDropsPort } from '../../../plugin/ports/container-drops-port';
+import { ManagerClient } from '../../../plugin/ports/manager-client';
 import { processStart } from '../../criu/restore-watch';
 import { Command, CommandIo } from '../command';
 import { parseOptions } from '../parse-options';
 import { kernelTableCapacity } from '../table-sizing';
 import { CommandError, UsageError } from '../usage-error';
-import { resolvePort } from '../../../plugin/ports/port-token';
+import { providePort, resolvePort } from '../../../plugin/ports/port-token';
 
 const HELP = `Usage: ctmigratectl criu-action
 
@@ -52,8 +53,16 @@ Environment:
   CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR, CRTOOLS_INIT_PID   set by CRIU
   CTMIGRATE_CONTAINER          the container's id, when its cgroup does not
                                name it (Podman, Docker, CRI-O, containerd,
-                               runc and LXC cgroups do)
+                               runc and LXC cgroups do); at a restore whose
+                               image directory has no ctmigrate files
+                               (images streamed), the container whose state
+                               a peer sent this host's daemon
   CTMIGRATE_CRIU_DROP_EXPIRY   seconds a destination's drop may last (1-86400)
+  CTMIGRATE_DESTINATION        at the dump: ADDR:PORT of the destination's
+                               ctmigrated; network-lock also sends the state
+                               there, through this host's daemon (peer
+                               channel, its key and relays); the checkpoint
+                               carries it regardless
 
 Exit status: 0 done (or nothing to do), 1 the step failed (CRIU then aborts
 the dump or restore where it can), 2 not run by CRIU.
@@ -76,9 +85,19 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
     true,
   );
   if (positionals.length) throw new UsageError(`criu-action takes no arguments, got ${JSON.stringify(positionals[0])}`);
-  const action = container.resolve(CriuAction);
-  if (values.watch !== undefined) return watch(action, container, values, io);
+  // One bus client for the whole step, closed at its end (an open bus connection would keep the process up).
+  const daemon = resolvePort(container, ManagerClient);
+  providePort(container, ManagerClient, { useValue: daemon });
+  try {
+    const action = container.resolve(CriuAction);
+    if (values.watch !== undefined) return await watch(action, container, values, io);
+    return await step(action, io);
+  } finally {
+    await daemon.close().catch(() => undefined);
+  }
+}
 
+async function step(action: CriuAction, io: CommandIo): Promise<number> {
   const name = process.env.CRTOOLS_SCRIPT_ACTION;
   if (!name) throw new UsageError('CRTOOLS_SCRIPT_ACTION is not set: criu-action is the program CRIU runs as its action script (see --help)');
   const step: CriuStep = {
@@ -87,6 +106,7 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
     initPid: pidFrom(process.env.CRTOOLS_INIT_PID, 'CRTOOLS_INIT_PID'),
     criuPid: process.ppid,
     container: process.env.CTMIGRATE_CONTAINER || null,
+    destination: process.env.CTMIGRATE_DESTINATION || null,
   };
   const expiry = process.env.CTMIGRATE_CRIU_DROP_EXPIRY;
   let dropExpiryS = DEFAULT_DROP_EXPIRY_S;

@@ -27,6 +27,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FlowReport, Flows } from './flows';
 import { Lab, LabProcess, NetNs, runOk } from './netns';
+import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
 
 export const CT = {
   container: '192.0.2.10',
@@ -39,6 +40,10 @@ export const CT = {
   clientB: '203.0.113.6',
   hostAClient: '203.0.113.1',
   hostBClient: '203.0.113.5',
+  /** The hosts' peer link, for the labs with daemons. */
+  peerA: '203.0.113.9',
+  peerB: '203.0.113.10',
+  peerPort: 7471,
   /** The client's echo server the container's egress flows reach. */
   egressPort: 7001,
 } as const;
@@ -104,14 +109,20 @@ export interface ForwardingReport {
 export interface CtHost {
   readonly name: 'A' | 'B';
   readonly ns: NetNs;
+  /** Its address on the peer link (labs with daemons). */
+  readonly peer: string;
+  /** DBUS_SYSTEM_BUS_ADDRESS of its private system bus, '' without daemons. */
+  bus: string;
+  daemon: LabProcess | null;
 }
 
 /** One CRIU run (a dump or a restore) on a host: the stand-in CRIU process. */
 export class CriuRun {
   private constructor(readonly proc: LabProcess) {}
 
-  static async start(lab: Lab, h: CtHost, imageDir: string, script = CRIU_ACTION): Promise<CriuRun> {
-    const p = lab.spawn(h.ns, process.execPath, [CRIU_DRIVER, script, imageDir]);
+  static async start(lab: Lab, h: CtHost, imageDir: string, script = CRIU_ACTION, env: Record<string, string> = {}): Promise<CriuRun> {
+    const inherited = Object.entries({ ...(h.bus ? { DBUS_SYSTEM_BUS_ADDRESS: h.bus } : {}), ...env }).map(([k, v]) => `${k}=${v}`);
+    const p = lab.spawn(h.ns, process.execPath, [CRIU_DRIVER, script, imageDir, ...inherited]);
     await p.waitFor(/^ready$/m, 10_000);
     return new CriuRun(p);
   }
@@ -158,7 +169,8 @@ export class ContainerLab {
     readonly dir: string,
   ) {}
 
-  static async build(): Promise<ContainerLab> {
+  /** The lab; with `daemons`, each host also runs ctmigrated on a private bus, B naming A as its peer. */
+  static async build(o: { daemons?: boolean } = {}): Promise<ContainerLab> {
     const lab = new Lab();
     try {
       const dir = await lab.tempDir('ctr');
@@ -180,7 +192,24 @@ export class ContainerLab {
         await ns.nft(FIREWALL);
         await ns.sysctl({ 'net.netfilter.nf_conntrack_tcp_loose': '0' });
       }
-      return new ContainerLab(lab, { name: 'A', ns: nsA }, { name: 'B', ns: nsB }, client, ctr, dir);
+      const a: CtHost = { name: 'A', ns: nsA, peer: CT.peerA, bus: '', daemon: null };
+      const b: CtHost = { name: 'B', ns: nsB, peer: CT.peerB, bus: '', daemon: null };
+      if (o.daemons) {
+        await lab.link(nsA, nsB, { ifname: 'peer', addrs: [`${CT.peerA}/30`] }, { ifname: 'peer', addrs: [`${CT.peerB}/30`] });
+        const psk = await writePskFile(dir);
+        for (const h of [a, b]) {
+          const hdir = await lab.tempDir(`ct${h.name.toLowerCase()}`);
+          h.bus = await startSystemBus(lab, h.ns, hdir);
+          h.daemon = await startCtmigrated(lab, h.ns, {
+            bus: h.bus,
+            listen: `${h.peer}:${CT.peerPort}`,
+            pskFile: psk,
+            runDir: join(hdir, 'run'),
+            peers: h.name === 'B' ? [`${CT.peerA}:${CT.peerPort}`] : [`${CT.peerB}:${CT.peerPort}`],
+          });
+        }
+      }
+      return new ContainerLab(lab, a, b, client, ctr, dir);
     } catch (e) {
       await lab.cleanup().catch(() => undefined);
       throw e;
@@ -348,7 +377,7 @@ table inet lab_probe {
    * post-setup-namespaces, post-restore, network-unlock, pre-resume,
    * post-resume). `failAfter` ends the restore there, CRIU dying.
    */
-  async migrate(o: { flows: number; run: string; failAfter?: string; withoutCtmigrate?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
+  async migrate(o: { flows: number; run: string; failAfter?: string; withoutCtmigrate?: boolean; dumpEnv?: Record<string, string>; restoreEnv?: Record<string, string>; streamed?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
     const say = o.progress ?? ((): void => undefined);
     const pid = await this.initPid();
     const flows = await this.startFlows(o.flows, o.breakMs);
@@ -363,7 +392,7 @@ table inet lab_probe {
     };
 
     const script = o.withoutCtmigrate ? '/bin/true' : CRIU_ACTION;
-    const dump = await CriuRun.start(this.lab, this.a, dir, script);
+    const dump = await CriuRun.start(this.lab, this.a, dir, script, o.dumpEnv);
     await stepOk(dump, 'pre-dump');
     const frozenAt = Date.now();
     await this.freeze();
@@ -375,7 +404,9 @@ table inet lab_probe {
     say(`A: checkpoint taken; ${manifest?.entries ?? 0} host entries packed into ${dir}`);
 
     const watch = await this.watchForwarding(this.b);
-    const restore = await CriuRun.start(this.lab, this.b, dir, script);
+    // Images streamed to B (criu-image-streamer, a page server): B's directory has CRIU's images, none of ours.
+    const restoreDir = o.streamed ? await this.imageDir(`${o.run}-streamed`) : dir;
+    const restore = await CriuRun.start(this.lab, this.b, restoreDir, script, o.restoreEnv);
     let frozenMs = -1;
     try {
       await stepOk(restore, 'pre-restore');

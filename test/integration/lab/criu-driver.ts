@@ -1,5 +1,7 @@
 // A stand-in for the CRIU process, as far as its action scripts can tell
-// (`node criu-driver.js SCRIPT IMAGE_DIR`, inside a host's namespace). CRIU
+// (`node criu-driver.js SCRIPT IMAGE_DIR [NAME=VALUE...]`, inside a host's
+// namespace; the NAME=VALUE pairs are the environment CRIU inherited from
+// whoever ran it, such as CTMIGRATE_DESTINATION). CRIU
 // itself cannot run on this kernel (ENVIRONMENT.md), so the lab plays its
 // part: this process opens the image directory and keeps it open, runs the
 // script as its own child once per step, with CRIU's environment
@@ -17,14 +19,20 @@ import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
-const [script, imageDir] = process.argv.slice(2);
+const [script, imageDir, ...inherited] = process.argv.slice(2);
 if (!script || !imageDir) {
   process.stderr.write('usage: criu-driver SCRIPT IMAGE_DIR\n');
   process.exit(2);
 }
 const dirFd = openSync(imageDir, 'r');
 const env = (action: string, initPid: string | undefined): NodeJS.ProcessEnv => {
-  const e: NodeJS.ProcessEnv = { PATH: process.env.PATH, CRTOOLS_SCRIPT_ACTION: action, CRTOOLS_IMAGE_DIR: `/proc/${process.pid}/fd/${dirFd}` };
+  const e: NodeJS.ProcessEnv = { PATH: process.env.PATH };
+  for (const pair of inherited) {
+    const at = pair.indexOf('=');
+    if (at > 0) e[pair.slice(0, at)] = pair.slice(at + 1);
+  }
+  e.CRTOOLS_SCRIPT_ACTION = action;
+  e.CRTOOLS_IMAGE_DIR = `/proc/${process.pid}/fd/${dirFd}`;
   if (initPid) e.CRTOOLS_INIT_PID = initPid;
   return e;
 };

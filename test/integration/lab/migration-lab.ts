@@ -18,10 +18,9 @@
 // (and its exit handler) removes them on every exit path.
 
 import { join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { Flows, FlowReport } from './flows';
 import { ExecResult, Lab, LabProcess, NetNs, runOk } from './netns';
+import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
 import { MigrationStatus, QemuVm } from './qemu';
 
 export const ADDR = {
@@ -45,7 +44,7 @@ export const VM_UUID = '5f0c3a2e-7b1d-4c8e-9a6f-2d4b8e1c0a93';
 
 /** dist/adapters/cli/*.js, seen from dist/test/integration/lab/. */
 export const CTMIGRATECTL = join(__dirname, '..', '..', '..', 'adapters', 'cli', 'ctmigratectl.js');
-export const CTMIGRATED = join(__dirname, '..', '..', '..', 'adapters', 'cli', 'ctmigrated.js');
+export { CTMIGRATED } from './daemon-host';
 /** The hostile-peer probes (hostile-peer.ts), compiled next to this file. */
 export const HOSTILE_PEER = join(__dirname, 'hostile-peer.js');
 
@@ -60,19 +59,6 @@ table inet lab_firewall {
 }
 `;
 
-const BUS_CONFIG = (socket: string): string => `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path=${socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`;
 
 /** A session as `ctmigratectl status --json` prints it (the fields the lab reads). */
 export interface StatusSession {
@@ -216,8 +202,7 @@ export class MigrationLab {
         await ns.nft(FIREWALL);
         await ns.sysctl({ 'net.netfilter.nf_conntrack_tcp_loose': '0' });
       }
-      const pskFile = join(dir, 'psk');
-      await writeFile(pskFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+      const pskFile = await writePskFile(dir);
       const host = async (name: 'A' | 'B', ns: NetNs, peer: string): Promise<Host> => {
         const hdir = await lab.tempDir(`h${name.toLowerCase()}`);
         return { name, ns, peer, dir: hdir, bus: '', daemon: null };
@@ -238,32 +223,19 @@ export class MigrationLab {
   }
 
   private async startBus(h: Host): Promise<void> {
-    const socket = join(h.dir, 'system_bus_socket');
-    const conf = join(h.dir, 'bus.conf');
-    await writeFile(conf, BUS_CONFIG(socket));
-    const p = this.lab.spawn(h.ns, 'dbus-daemon', [`--config-file=${conf}`, '--nofork', '--nopidfile', '--print-address=1']);
-    await p.waitFor(/unix:path=/, 5_000);
-    h.bus = `unix:path=${socket}`;
+    h.bus = await startSystemBus(this.lab, h.ns, h.dir);
   }
 
   /** Start ctmigrated on a host (A listens; B also knows A as its peer). */
   async startDaemon(h: Host, extra: readonly string[] = []): Promise<LabProcess> {
-    const args = [
-      `DBUS_SYSTEM_BUS_ADDRESS=${h.bus}`,
-      process.execPath,
-      CTMIGRATED,
-      '--listen',
-      `${h.peer}:${PEER_PORT}`,
-      '--psk-file',
-      this.pskFile,
-      '--run-dir',
-      join(h.dir, 'run'),
-      ...(h.name === 'B' ? ['--peer', `${ADDR.peerA}:${PEER_PORT}`] : []),
-      ...(this.options.daemonArgs ?? []),
-      ...extra,
-    ];
-    const p = this.lab.spawn(h.ns, 'env', args);
-    await p.waitFor(/ctmigrated ready/, 15_000);
+    const p = await startCtmigrated(this.lab, h.ns, {
+      bus: h.bus,
+      listen: `${h.peer}:${PEER_PORT}`,
+      pskFile: this.pskFile,
+      runDir: join(h.dir, 'run'),
+      peers: h.name === 'B' ? [`${ADDR.peerA}:${PEER_PORT}`] : [],
+      extra: [...(this.options.daemonArgs ?? []), ...extra],
+    });
     h.daemon = p;
     return p;
   }

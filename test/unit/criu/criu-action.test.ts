@@ -23,6 +23,8 @@ import { FakeClock } from '../engine/fakes/fake-clock';
 import { FakeConntrack, FakeFeed, FakeKernel } from '../engine/fakes/fake-kernel';
 import { RecordingLog } from '../engine/fakes/recording-log';
 import { tcp } from '../engine/lab';
+import { fakeManager, FakeManager } from '../libvirt/fake-manager';
+import { ManagerClient } from '../../../plugin/ports/manager-client';
 import { providePort } from '../../../plugin/ports/port-token';
 
 const CTR = '192.0.2.10';
@@ -78,6 +80,7 @@ function text(a: Address): string {
 }
 
 interface Host {
+  daemon: FakeManager;
   kernel: FakeKernel;
   drops: FakeDrops;
   watch: FakeWatch;
@@ -92,6 +95,8 @@ function host(store: MemoryStore, net: ContainerNetwork = { sharesHostNetwork: f
   const drops = new FakeDrops();
   const watch = new FakeWatch();
   const netns = new FakeNetns(net);
+  const daemon = fakeManager();
+  providePort(c, ManagerClient, { useValue: daemon.client });
   providePort(c, ConntrackPort, { useValue: new FakeConntrack(kernel) });
   providePort(c, ConnectionFeed, { useValue: new FakeFeed(kernel, false) });
   providePort(c, CheckpointStore, { useValue: store });
@@ -100,7 +105,7 @@ function host(store: MemoryStore, net: ContainerNetwork = { sharesHostNetwork: f
   providePort(c, RestoreWatchPort, { useValue: watch });
   providePort(c, Clock, { useValue: new FakeClock(1_700_000_000_000) });
   providePort(c, Log, { useValue: new RecordingLog() });
-  return { kernel, drops, watch, netns, action: c.resolve(CriuAction), c };
+  return { daemon, kernel, drops, watch, netns, action: c.resolve(CriuAction), c };
 }
 
 const step = (action: string, o: Partial<CriuStep> = {}): CriuStep => ({ action, imageDir: DIR, initPid: 100, criuPid: 4242, container: null, ...o });
@@ -241,6 +246,64 @@ describe('criu-action steps (plugin/criu-action.ts)', () => {
     assert.equal(b.drops.calls.length, 0);
     await assert.rejects(b.action.run(step('network-lock', { imageDir: null }), opts), /network-lock: CRIU did not set CRTOOLS_IMAGE_DIR/);
     await assert.rejects(b.action.run(step('network-lock', { container: 'bad id!' }), opts), /CTMIGRATE_CONTAINER "bad id!" is not a container id/);
+  });
+});
+
+describe('criu-action over the peer channel (CTMIGRATE_DESTINATION, CTMIGRATE_CONTAINER)', () => {
+  it('network-lock also sends the packed state to a known destination, and a failure there costs only a line', async () => {
+    const store = new MemoryStore();
+    const a = host(store);
+    for (const f of containerFlows()) a.kernel.put(f);
+    const out = await a.action.run(step('network-lock', { destination: '198.51.100.2:7471' }), opts);
+    assert.match(out.summary, /into the checkpoint; sent to 198\.51\.100\.2:7471$/);
+    const [dest, state] = a.daemon.sendContainerState.firstCall.args as [string, { container: string; manifest: string; snapshot: Uint8Array }];
+    assert.equal(dest, '198.51.100.2:7471');
+    assert.equal(state.container, 'c0ffee');
+    assert.equal(state.manifest, Buffer.from(store.files.get(`${DIR}/ctmigrate.json`) as Uint8Array).toString());
+    assert.deepEqual(Buffer.from(state.snapshot), Buffer.from(store.files.get(`${DIR}/ctmigrate.ctm`) as Uint8Array));
+    a.daemon.sendContainerState.rejects(new Error('ctmigrated is not running'));
+    const again = await a.action.run(step('network-lock', { destination: '198.51.100.2:7471' }), opts);
+    assert.match(again.summary, /; not sent to 198\.51\.100\.2:7471 \(ctmigrated is not running\), it travels in the checkpoint$/);
+  });
+
+  it('pre-restore with an image directory without ctmigrate\'s files takes the state a peer sent, writes it there, and the restore goes on from it', async () => {
+    const source = new MemoryStore();
+    const a = host(source);
+    for (const f of containerFlows()) a.kernel.put(f);
+    await a.action.run(step('network-lock'), opts);
+    const state = {
+      container: 'c0ffee',
+      manifest: Buffer.from(source.files.get(`${DIR}/ctmigrate.json`) as Uint8Array).toString(),
+      snapshot: source.files.get(`${DIR}/ctmigrate.ctm`) as Uint8Array,
+    };
+    const streamed = new MemoryStore();
+    const b = host(streamed);
+    b.daemon.takeContainerState.resolves(state);
+    const hold = await b.action.run(step('pre-restore', { initPid: null, container: 'c0ffee' }), opts);
+    assert.match(hold.summary, /dropped until network-unlock .*\(the state a peer sent this host\)$/);
+    assert.deepEqual(b.daemon.takeContainerState.firstCall.args, ['c0ffee']);
+    assert.ok(streamed.files.has(`${DIR}/ctmigrate.json`) && streamed.files.has(`${DIR}/ctmigrate.ctm`));
+    const done = await b.action.run(step('network-unlock'), opts);
+    assert.match(done.summary, /^imported 3 of 3 entries/);
+    assert.equal(b.drops.held.size, 0);
+    // Without CTMIGRATE_CONTAINER the daemon is not asked; with one it has nothing for, nothing happens.
+    const c = host(new MemoryStore());
+    assert.match((await c.action.run(step('pre-restore', { initPid: null }), opts)).summary, /nothing to hold/);
+    assert.equal(c.daemon.takeContainerState.callCount, 0);
+    assert.match((await c.action.run(step('pre-restore', { initPid: null, container: 'c0ffee' }), opts)).summary, /nothing to hold/);
+  });
+
+  it('a state from a peer that does not check out stops pre-restore with nothing written or dropped', async () => {
+    const source = new MemoryStore();
+    const a = host(source);
+    for (const f of containerFlows()) a.kernel.put(f);
+    await a.action.run(step('network-lock'), opts);
+    const bad = Uint8Array.from(source.files.get(`${DIR}/ctmigrate.ctm`) as Uint8Array);
+    bad[0] ^= 0xff;
+    const b = host(new MemoryStore());
+    b.daemon.takeContainerState.resolves({ container: 'c0ffee', manifest: Buffer.from(source.files.get(`${DIR}/ctmigrate.json`) as Uint8Array).toString(), snapshot: bad });
+    await assert.rejects(b.action.run(step('pre-restore', { initPid: null, container: 'c0ffee' }), opts), /the state a peer sent for container c0ffee: the snapshot does not match the manifest's SHA-256; nothing done/);
+    assert.equal(b.drops.calls.length, 0);
   });
 });
 

@@ -10,6 +10,8 @@ export interface FakeEngine {
   cutover: sinon.SinonStub<Parameters<MigrationService['cutover']>, ReturnType<MigrationService['cutover']>>;
   finish: sinon.SinonStub<Parameters<MigrationService['finish']>, ReturnType<MigrationService['finish']>>;
   abort: sinon.SinonStub<Parameters<MigrationService['abort']>, ReturnType<MigrationService['abort']>>;
+  sendContainerState: sinon.SinonStub<Parameters<MigrationService['sendContainerState']>, ReturnType<MigrationService['sendContainerState']>>;
+  takeContainerState: sinon.SinonStub<Parameters<MigrationService['takeContainerState']>, ReturnType<MigrationService['takeContainerState']>>;
   /** The engine's current sessions (what sessions() returns). */
   sessions: SessionInfo[];
   registered: RegisteredVm[];
@@ -26,6 +28,8 @@ export function fakeEngine(): FakeEngine {
     cutover: sinon.stub(),
     finish: sinon.stub<[string, 'migrated' | 'failed'], Promise<void>>().resolves(),
     abort: sinon.stub<[string], Promise<void>>().resolves(),
+    sendContainerState: sinon.stub(),
+    takeContainerState: sinon.stub(),
     sessions: [],
     registered: [],
     emit(event) {
@@ -40,6 +44,8 @@ export function fakeEngine(): FakeEngine {
     cutover: fake.cutover,
     finish: fake.finish,
     abort: fake.abort,
+    sendContainerState: fake.sendContainerState,
+    takeContainerState: fake.takeContainerState,
     sessions: () => fake.sessions,
     registered: () => fake.registered,
     subscribe(listener) {

@@ -19,6 +19,8 @@ export function fakeManager(): FakeManager {
     session: sinon.stub(),
     status: sinon.stub().callsFake(async () => state),
     vmstateArgs: sinon.stub(),
+    sendContainerState: sinon.stub().resolves(),
+    takeContainerState: sinon.stub().rejects(new ManagerClientError('failed', 'no peer sent the state of that container (test)')),
     watch: sinon.stub(),
     close: sinon.stub().resolves(),
     state,

@@ -33,6 +33,8 @@ export function sampleMessages(): PeerMessage[] {
     { kind: MessageKind.WhoHas, queryId: 0xffffffff, vm: VM },
     { kind: MessageKind.HasVm, queryId: 3, vm: VM, has: true },
     { kind: MessageKind.HasVm, queryId: 4, vm: VM, has: false },
+    { kind: MessageKind.ContainerState, container: 'c0ffee', manifest: '{"format":"ctmigrate-checkpoint/1"}', bytes: Uint8Array.from([0x89, 1, 2, 3]) },
+    { kind: MessageKind.ContainerHeld, container: 'c0ffee' },
   ];
 }
 
