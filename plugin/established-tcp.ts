@@ -1,5 +1,5 @@
 import { L4, R_FLAGS, R_L4PROTO, R_PROTO_STATE, RecordFlag } from './flow';
-import { TCP_ESTABLISHED } from './flow-json';
+import { TCP_ESTABLISHED } from './conntrack-names';
 import { FlowView } from './flow-view';
 
 /**

@@ -1,6 +1,6 @@
 import { formatAddress } from './address';
 import { hasPorts, isIcmp, R_FLAGS, R_ORIG_DST, R_ORIG_SRC, RecordFlag } from './flow';
-import { PROTO_NAMES, protoName } from './flow-json';
+import { PROTO_NAMES, protoName } from './conntrack-names';
 import { FlowView } from './flow-view';
 
 /**

@@ -1,5 +1,5 @@
 import { DecodeLimits, DecodedSnapshot, SnapshotDecoder } from './snapshot-decoder';
-import { JsonLinesDecoder } from './flow-json';
+import { JsonLinesDecoder } from './json-lines';
 import { MAGIC } from './snapshot-format';
 
 /** Where a loader reads from: the bytes at once, or chunks (a file or stdin stream). */

@@ -10,7 +10,7 @@
  * each; small, but the kernel bounds the rest). It costs ~80 ms of CPU at
  * start, when nothing waits for it.
  */
-import { TCP_ESTABLISHED } from './flow-json';
+import { TCP_ESTABLISHED } from './conntrack-names';
 import { ConnectionTable, Scan } from './connection-table';
 import { AF_INET, L4, R_FAMILY, R_L4PROTO, R_ORIG_DPORT, R_ORIG_DST, R_ORIG_SPORT, R_ORIG_SRC, R_PROTO_STATE, R_REPLY_DPORT, R_REPLY_DST, R_REPLY_SPORT, R_REPLY_SRC, R_STATUS, R_TIMEOUT, RecordFlag, Status } from './flow';
 import { FlowRecord } from './flow-view';

@@ -92,6 +92,25 @@ describe('containers: ctmigratectl criu-action run by CRIU (DNAT published port,
     assert.ok((out.manifest?.entries ?? 0) >= 20);
   });
 
+  it('after a failed restore on B the same checkpoint restored back on A brings every entry back there, and every flow survives', async () => {
+    const m = lab as ContainerLab;
+    const out = await m.migrate({ flows: 10, run: 'back', failAfter: 'post-setup-namespaces', thenRestoreOnA: true, breakMs: 10_000, progress: say });
+    assert.match(out.backLog.join('\n'), /network-unlock: container \S+: imported 20 of 20 entries/);
+    assert.equal(out.published.kept, 10, JSON.stringify(out.published));
+    assert.equal(out.egress.kept, 10, JSON.stringify(out.egress));
+    assert.ok(out.entriesA.length >= 20, `A holds ${out.entriesA.length} entries`);
+    // The watcher lifted B's drop once CRIU there was gone; B imported nothing.
+    const deadline = Date.now() + 5_000;
+    let tables = out.tablesB;
+    while (tables.some((t) => t.includes('ctmigrate')) && Date.now() < deadline) {
+      await sleep(100);
+      tables = await m.tables(m.b);
+    }
+    assert.ok(!tables.some((t) => t.includes('ctmigrate')), tables.join(', '));
+    assert.deepEqual(out.entriesB, []);
+    assert.ok(!out.tablesA.some((t) => t.includes('ctmigrate')), out.tablesA.join(', '));
+  });
+
   it('a dump that leaves the container running (--leave-running: network-unlock on the source) puts A\'s entries back and keeps every flow on A', async () => {
     const m = lab as ContainerLab;
     const pid = await m.initPid();

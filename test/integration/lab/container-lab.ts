@@ -88,6 +88,8 @@ export interface ContainerOutcome {
   /** What the stand-in CRIU logged of the script, per run. */
   dumpLog: string[];
   restoreLog: string[];
+  /** The restore back on A after a failed one (thenRestoreOnA). */
+  backLog: string[];
   /** Exit status of each step the script ran. */
   codes: Record<string, number>;
   manifest: { container: string; addresses: string[]; entries: number } | null;
@@ -377,7 +379,7 @@ table inet lab_probe {
    * post-setup-namespaces, post-restore, network-unlock, pre-resume,
    * post-resume). `failAfter` ends the restore there, CRIU dying.
    */
-  async migrate(o: { flows: number; run: string; failAfter?: string; withoutCtmigrate?: boolean; dumpEnv?: Record<string, string>; restoreEnv?: Record<string, string>; streamed?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
+  async migrate(o: { flows: number; run: string; failAfter?: string; thenRestoreOnA?: boolean; withoutCtmigrate?: boolean; dumpEnv?: Record<string, string>; restoreEnv?: Record<string, string>; streamed?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
     const say = o.progress ?? ((): void => undefined);
     const pid = await this.initPid();
     const flows = await this.startFlows(o.flows, o.breakMs);
@@ -408,6 +410,7 @@ table inet lab_probe {
     const restoreDir = o.streamed ? await this.imageDir(`${o.run}-streamed`) : dir;
     const restore = await CriuRun.start(this.lab, this.b, restoreDir, script, o.restoreEnv);
     let frozenMs = -1;
+    let backLog: string[] = [];
     try {
       await stepOk(restore, 'pre-restore');
       await this.placeOn(this.b);
@@ -419,9 +422,24 @@ table inet lab_probe {
       await Promise.all([sleep(o.restoreMs ?? 1_000), this.knock(Math.min(800, o.restoreMs ?? 1_000))]);
       if (o.failAfter === 'post-setup-namespaces') {
         await restore.die();
-        // The flow agents answer the lab's questions; the flows themselves stay cut (the lock is still in).
-        await this.thaw();
         say('B: the restore failed after post-setup-namespaces (CRIU exited)');
+        if (o.thenRestoreOnA) {
+          // The operator restores the same checkpoint where it came from.
+          const back = await CriuRun.start(this.lab, this.a, dir, script);
+          await stepOk(back, 'pre-restore');
+          await this.placeOn(this.a);
+          for (const step of ['setup-namespaces', 'post-setup-namespaces', 'post-restore', 'network-unlock']) await stepOk(back, step, pid);
+          await this.unlockNetwork();
+          await this.thaw();
+          frozenMs = Date.now() - frozenAt;
+          for (const step of ['pre-resume', 'post-resume']) await stepOk(back, step, pid);
+          await back.end();
+          backLog = back.log;
+          say(`A: the checkpoint restored back on A; the container was frozen for ${frozenMs} ms`);
+        } else {
+          // The flow agents answer the lab's questions; the flows themselves stay cut (the lock is still in).
+          await this.thaw();
+        }
       } else {
         await stepOk(restore, 'post-restore', pid);
         await stepOk(restore, 'network-unlock', pid);
@@ -437,7 +455,7 @@ table inet lab_probe {
       if (restore.proc.running) await restore.die();
     }
     // A flow cut off needs the break time to count as broken.
-    await sleep(o.withoutCtmigrate ? (o.breakMs ?? 5000) + 1_000 : o.failAfter ? 1_500 : 2_000);
+    await sleep(o.withoutCtmigrate ? (o.breakMs ?? 5000) + 1_000 : o.failAfter && !o.thenRestoreOnA ? 1_500 : 2_000);
     const forwarding = await watch.stop();
     const [published, egress] = await Promise.all([flows.published.report(), flows.egress.report()]);
     const out: ContainerOutcome = {
@@ -446,6 +464,7 @@ table inet lab_probe {
       frozenMs,
       dumpLog: dump.log,
       restoreLog: restore.log,
+      backLog,
       codes,
       manifest,
       forwarding,
