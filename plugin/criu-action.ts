@@ -8,7 +8,7 @@ import { confine, Refusal, REFUSAL_KINDS, refusalSummary } from './import-confin
 import { CheckpointStore } from './ports/checkpoint-store';
 import { Clock } from './ports/clock';
 import { ConnectionFeed } from './ports/connection-feed';
-import { ContainerDropsPort } from './ports/container-drops-port';
+import { ContainerDropsPort, DEFAULT_DROP_EXPIRY_S } from './ports/container-drops-port';
 import { ContainerNetworkPort } from './ports/container-network-port';
 import { ConntrackPort, WriteReport } from './ports/conntrack-port';
 import { Log } from './ports/log-port';
@@ -83,8 +83,7 @@ export class CriuStepError extends Error {
   }
 }
 
-/** Default life of a destination's drop in the kernel, should nothing lift it (a restore of a big container takes minutes). */
-export const DEFAULT_DROP_EXPIRY_S = 300;
+export { DEFAULT_DROP_EXPIRY_S } from './ports/container-drops-port';
 
 @injectable()
 export class CriuAction {

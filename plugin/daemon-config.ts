@@ -14,6 +14,7 @@
 import { isIP } from 'node:net';
 import { formatPeerAddress, PeerAddress } from './ports/peer-port';
 import { parseReadiness, Readiness, ReadinessError } from './readiness';
+import { portToken } from './ports/port-token';
 
 export interface DaemonConfig {
   listen: PeerAddress;
@@ -259,3 +260,6 @@ export function checkCredentials(c: DaemonConfig): void {
   if (c.pskFile !== undefined && tls > 0) throw new ConfigError('give either psk-file or tls-cert/tls-key/tls-ca, not both');
   if (tls > 0 && tls < 3) throw new ConfigError('tls-cert, tls-key and tls-ca go together');
 }
+
+/** The daemon's configuration, as the composition root resolved it. */
+export const DaemonConfigToken = portToken<DaemonConfig>('DaemonConfig');

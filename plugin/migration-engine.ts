@@ -1,5 +1,6 @@
 import { inject, injectable } from 'tsyringe';
-import { configuredRelays, DaemonConfig, parsePeerAddress, relayFor } from './daemon-config';
+import { configuredRelays, DaemonConfig, DaemonConfigToken, parsePeerAddress, relayFor } from './daemon-config';
+export { DaemonConfigToken } from './daemon-config';
 import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
 import { ContainerState, MigrationDaemon, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
 import { checkContainerState } from './container-state';
@@ -29,10 +30,7 @@ import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
 import { canonicalAddressText } from './address';
 import { decodeReference, encodeReference } from './vmstate-reference';
 import { NoSessionError, SessionBusyError } from './service-errors';
-import { portToken } from './ports/port-token';
 
-/** The daemon's configuration, as the composition root resolved it. */
-export const DaemonConfigToken = portToken<DaemonConfig>('DaemonConfig');
 
 /** How long a query to one peer ("who runs VM X?") may take. */
 const WHO_HAS_TIMEOUT_MS = 3000;

@@ -3,29 +3,15 @@ import { hostname } from 'node:os';
 import { container, DependencyContainer } from 'tsyringe';
 import { ConntrackNetlink } from '../conntrack/conntrack-netlink';
 import { NetlinkFeed } from '../conntrack/netlink-feed';
-import { DbusManagerClient } from '../dbus/dbus-manager-client';
-import { NftablesBlocker } from '../nftables/nftables-blocker';
-import { CredentialError, loadCredentials } from '../peer/tls-credentials';
-import { TlsPeerPort } from '../peer/tls-peer-port';
-import { UnconfiguredPeerPort } from '../peer/unconfigured-peer-port';
-import { FileRegistryStore } from '../registry/file-registry-store';
-import { FileJournalStore } from '../registry/file-journal-store';
-import { LibvirtHostVms } from '../libvirt/libvirt-host-vms';
-import { LibvirtDomainEvents } from '../libvirt/domain-events';
-import { QemuVmstateObjects } from '../libvirt/qemu-vmstate-objects';
-import { Virsh } from '../libvirt/virsh';
 import { DomainEventsPort } from '../../plugin/ports/domain-events-port';
 import { VmstateObjectPort } from '../../plugin/ports/vmstate-object-port';
 import { HostAddressesPort } from '../../plugin/ports/host-addresses-port';
 import { HostVmsPort } from '../../plugin/ports/host-vms-port';
-import { InterfaceAddresses } from '../host/interface-addresses';
 import { JournalStore } from '../../plugin/ports/journal-store';
-import { DaemonMetrics } from '../metrics/daemon-metrics';
 import { DaemonConfig } from '../../plugin/daemon-config';
-import { DaemonConfigToken, MigrationEngine } from '../../plugin/migration-engine';
+import { DaemonConfigToken } from '../../plugin/daemon-config';
+import type { DaemonMetrics } from '../metrics/daemon-metrics';
 import { MigrationDaemon, MigrationService } from '../../plugin/migration-service';
-import { DbusService } from '../dbus/dbus-service';
-import { DbusVmStatePort } from '../dbus/dbus-vmstate-port';
 import { BlockerPort } from '../../plugin/ports/blocker-port';
 import { Clock, systemClock } from '../../plugin/ports/clock';
 import { ConnectionFeed } from '../../plugin/ports/connection-feed';
@@ -46,6 +32,37 @@ import { ProcContainerNetwork } from '../host/container-network';
 import { NftContainerDrops } from '../nftables/container-drops';
 import { providePort, resolvePort } from '../../plugin/ports/port-token';
 
+/*
+ * Each entry point loads only the adapters it uses: a ctmigratectl command
+ * starts in about 100 ms, and half of that was loading the daemon's
+ * adapters (dbus-next, prom-client, the nft and TLS stacks) that a dump, a
+ * load or a CRIU step (run with the container frozen) never touches. So the
+ * factories below load their module when first resolved, and
+ * buildDaemonContainer loads the daemon's set when it runs.
+ */
+/* eslint-disable @typescript-eslint/no-require-imports -- deferred loading, see above; each require is typed by its module */
+const adapters = {
+  managerClient: () => require('../dbus/dbus-manager-client') as typeof import('../dbus/dbus-manager-client'),
+  daemon: () => ({
+    ...(require('../nftables/nftables-blocker') as typeof import('../nftables/nftables-blocker')),
+    ...(require('../peer/tls-credentials') as typeof import('../peer/tls-credentials')),
+    ...(require('../peer/tls-peer-port') as typeof import('../peer/tls-peer-port')),
+    ...(require('../peer/unconfigured-peer-port') as typeof import('../peer/unconfigured-peer-port')),
+    ...(require('../registry/file-registry-store') as typeof import('../registry/file-registry-store')),
+    ...(require('../registry/file-journal-store') as typeof import('../registry/file-journal-store')),
+    ...(require('../libvirt/libvirt-host-vms') as typeof import('../libvirt/libvirt-host-vms')),
+    ...(require('../libvirt/domain-events') as typeof import('../libvirt/domain-events')),
+    ...(require('../libvirt/qemu-vmstate-objects') as typeof import('../libvirt/qemu-vmstate-objects')),
+    ...(require('../libvirt/virsh') as typeof import('../libvirt/virsh')),
+    ...(require('../host/interface-addresses') as typeof import('../host/interface-addresses')),
+    ...(require('../metrics/daemon-metrics') as typeof import('../metrics/daemon-metrics')),
+    ...(require('../dbus/dbus-service') as typeof import('../dbus/dbus-service')),
+    ...(require('../dbus/dbus-vmstate-port') as typeof import('../dbus/dbus-vmstate-port')),
+    ...(require('../../plugin/migration-engine') as typeof import('../../plugin/migration-engine')),
+  }),
+};
+/* eslint-enable @typescript-eslint/no-require-imports */
+
 /** Where the restore watcher (criu-action --watch) writes its few lines. */
 const CRIU_WATCH_LOG = '/run/ctmigrate/criu-watch.log';
 
@@ -57,7 +74,7 @@ export function buildContainer(parent: DependencyContainer = container): Depende
   const c = parent.createChildContainer();
   providePort(c, ConntrackPort, { useFactory: () => new ConntrackNetlink() });
   providePort(c, ConnectionFeed, { useFactory: () => new NetlinkFeed() });
-  providePort(c, ManagerClient, { useFactory: () => new DbusManagerClient() });
+  providePort(c, ManagerClient, { useFactory: () => new (adapters.managerClient().DbusManagerClient)() });
   // criu-action (containers): each step is a process of its own.
   providePort(c, Log, { useFactory: () => new StderrLog() });
   providePort(c, Clock, { useValue: systemClock });
@@ -80,6 +97,23 @@ export function buildDaemonContainer(
   parent: DependencyContainer = container,
 ): { c: DependencyContainer; peers: PeerSetup; metrics?: DaemonMetrics } {
   const c = buildContainer(parent);
+  const {
+    DbusVmStatePort,
+    DaemonMetrics,
+    NftablesBlocker,
+    FileRegistryStore,
+    FileJournalStore,
+    Virsh,
+    LibvirtHostVms,
+    QemuVmstateObjects,
+    LibvirtDomainEvents,
+    InterfaceAddresses,
+    loadCredentials,
+    CredentialError,
+    TlsPeerPort,
+    UnconfiguredPeerPort,
+    MigrationEngine,
+  } = adapters.daemon();
   const vmstate = new DbusVmStatePort(config.runDir, new StderrLog());
   const metrics = config.metrics ? new DaemonMetrics() : undefined;
   // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
@@ -130,6 +164,7 @@ export function buildControlService(
   options: { version: string; onDisconnect: (e: Error) => void },
 ): { start(): Promise<void>; stop(): Promise<void> } {
   const vmstate = resolvePort(c, VmStatePort);
+  const { DbusService } = adapters.daemon();
   return new DbusService(resolvePort(c, MigrationService), {
     version: options.version,
     objectArgs: (uuid) => vmstate.objectArgs(uuid),

@@ -24,7 +24,7 @@ export interface CheckResult {
   fix?: string;
 }
 
-export const DEFAULT_HOOK_PATH = '/etc/libvirt/hooks/qemu.d/ctmigrate';
+export { DEFAULT_HOOK_PATH } from './hook-path';
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 

@@ -16,4 +16,7 @@ export interface ContainerDropsPort {
   /** Whether any of the addresses is still dropped for the container. */
   blocked(container: string, addresses: readonly Address[]): Promise<boolean>;
 }
+/** Default life of a destination's drop in the kernel, should nothing lift it (a restore of a big container takes minutes). */
+export const DEFAULT_DROP_EXPIRY_S = 300;
+
 export const ContainerDropsPort = portToken<ContainerDropsPort>('ContainerDropsPort');

@@ -1,22 +1,9 @@
 import { DependencyContainer } from 'tsyringe';
 import { ConntrackPort } from '../../../plugin/ports/conntrack-port';
 import { ManagerClient } from '../../../plugin/ports/manager-client';
-import { systemBusAddress } from '../../dbus/bus-connection';
 import { Command, CommandIo } from '../command';
-import { daemonConfig } from '../daemon-options';
-import {
-  CheckResult,
-  checkConntrack,
-  checkCredentials,
-  checkDaemon,
-  checkEvents,
-  checkHook,
-  checkLibvirt,
-  checkNft,
-  checkPeers,
-  checkVmPaths,
-  DEFAULT_HOOK_PATH,
-} from '../host-checks';
+import { DEFAULT_HOOK_PATH } from '../hook-path';
+import type { CheckResult } from '../host-checks';
 import { UsageError } from '../usage-error';
 import { resolvePort } from '../../../plugin/ports/port-token';
 
@@ -63,6 +50,9 @@ Exit status: 0 everything OK, 1 something failed, 2 bad arguments.
 `,
   async run(args: string[], c: DependencyContainer, io: CommandIo): Promise<number> {
     const { hook, rest } = splitHookOption(args);
+    // Loaded here, not at start: every other command would pay for the checks' modules.
+    const [{ daemonConfig }, { systemBusAddress }, checks] = await Promise.all([import('../daemon-options'), import('../../dbus/bus-connection'), import('../host-checks')]);
+    const { checkConntrack, checkCredentials, checkDaemon, checkEvents, checkHook, checkLibvirt, checkNft, checkPeers, checkVmPaths } = checks;
     const config = daemonConfig(rest);
     const client = resolvePort(c, ManagerClient);
     const results: CheckResult[] = [];

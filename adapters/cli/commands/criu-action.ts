@@ -4,8 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DependencyContainer } from 'tsyringe';
 import { Address, AddressError, parseAddress } from '../../../plugin/address';
 import { CONTAINER_ID } from '../../../plugin/checkpoint-manifest';
-import { CriuAction, CriuStep, CriuStepError, DEFAULT_DROP_EXPIRY_S } from '../../../plugin/criu-action';
-import { ContainerDropsPort } from '../../../plugin/ports/container-drops-port';
+import type { CriuAction, CriuStep } from '../../../plugin/criu-action';
+import { ContainerDropsPort, DEFAULT_DROP_EXPIRY_S } from '../../../plugin/ports/container-drops-port';
 import { ManagerClient } from '../../../plugin/ports/manager-client';
 import { processStart } from '../../criu/restore-watch';
 import { Command, CommandIo } from '../command';
@@ -89,6 +89,8 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
   const daemon = resolvePort(container, ManagerClient);
   providePort(container, ManagerClient, { useValue: daemon });
   try {
+    // The domain's module, loaded for the step: the container is frozen while this runs.
+    const { CriuAction } = await import('../../../plugin/criu-action');
     const action = container.resolve(CriuAction);
     if (values.watch !== undefined) return await watch(action, container, values, io);
     return await step(action, io);
@@ -120,7 +122,7 @@ async function step(action: CriuAction, io: CommandIo): Promise<number> {
     io.stderr.write(`ctmigrate criu-action: ${done.action}${done.container ? `: container ${done.container}` : ''}: ${done.summary}\n`);
     return 0;
   } catch (e) {
-    if (e instanceof CriuStepError) throw new CommandError(`${name}: ${e.message}`);
+    // A CriuStepError's message and any other failure's alike: one line naming the step.
     throw new CommandError(`${name}: ${(e as Error).message}`);
   }
 }

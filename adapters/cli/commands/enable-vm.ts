@@ -1,7 +1,6 @@
 import { DependencyContainer } from 'tsyringe';
 import { formatAddress, parseAddress } from '../../../plugin/address';
 import { ManagerClient, ManagerClientError } from '../../../plugin/ports/manager-client';
-import { DbusVmStatePort } from '../../dbus/dbus-vmstate-port';
 import { CtmigrateMetadata, metadataChildren, withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
 import { CTMIGRATE_NS, DomainXmlError, readDomain } from '../../libvirt/domain-xml';
 import { unifiedDiff } from '../../libvirt/unified-diff';
@@ -29,6 +28,8 @@ async function objectArgsFor(c: DependencyContainer, uuid: string, runDir: strin
       await client.close().catch(() => undefined);
     }
   }
+  // dbus-next (through the vmstate helper's module) only for the one path that needs it.
+  const { DbusVmStatePort } = await import('../../dbus/dbus-vmstate-port');
   try {
     return new DbusVmStatePort(runDir ?? DEFAULT_RUN_DIR).objectArgs(uuid);
   } catch (e) {
