@@ -27,6 +27,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FlowReport, Flows } from './flows';
 import { Lab, LabProcess, NetNs, runOk } from './netns';
+import { ForwardingReport, watchForwarding } from './forwarding-probe';
+export type { ForwardingReport } from './forwarding-probe';
 import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
 
 export const CT = {
@@ -100,13 +102,6 @@ export interface ContainerOutcome {
   tablesB: string[];
 }
 
-export interface ForwardingReport {
-  samples: number;
-  blockedSamples: number;
-  forwardedWhileBlocked: number;
-  droppedWhileBlocked: number;
-  forwarded: number;
-}
 
 export interface CtHost {
   readonly name: 'A' | 'B';
@@ -319,57 +314,9 @@ export class ContainerLab {
     return JSON.parse(await readFile(join(dir, 'ctmigrate.json'), 'utf8')) as { container: string; addresses: string[]; entries: number };
   }
 
-  /**
-   * Count what B forwards for the container while its drop is in: a chain
-   * after every other forward chain counts the container's packets that got
-   * through; each sample (one `nft list ruleset`) sees the drop and the
-   * count together.
-   */
-  async watchForwarding(h: CtHost): Promise<{ stop(): Promise<ForwardingReport> }> {
-    await h.ns.nft(`
-table inet lab_probe {
-  chain forward {
-    type filter hook forward priority 300; policy accept;
-    ip saddr ${CT.container} counter
-    ip daddr ${CT.container} counter
-  }
-}
-`);
-    const report: ForwardingReport = { samples: 0, blockedSamples: 0, forwardedWhileBlocked: 0, droppedWhileBlocked: 0, forwarded: 0 };
-    let running = true;
-    const packets = (t: string | undefined): number => {
-      let n = 0;
-      for (const m of (t ?? '').matchAll(/counter packets (\d+)/g)) n += Number(m[1]);
-      return n;
-    };
-    const sample = async (): Promise<void> => {
-      const r = await h.ns.execOk('nft', ['list', 'ruleset']);
-      const tables = new Map(r.stdout.split(/^(?=table )/m).map((t) => [t.slice(0, t.indexOf('{')).trim(), t] as const));
-      const n = packets(tables.get('table inet lab_probe'));
-      report.samples++;
-      report.forwarded = n;
-      const drop = tables.get('table inet ctmigrate_containers');
-      if (drop !== undefined && /elements = \{/.test(drop)) {
-        report.blockedSamples++;
-        report.forwardedWhileBlocked = Math.max(report.forwardedWhileBlocked, n);
-        report.droppedWhileBlocked = Math.max(report.droppedWhileBlocked, packets(drop));
-      }
-    };
-    const loop = (async () => {
-      while (running) {
-        await sample();
-        await sleep(10);
-      }
-    })();
-    return {
-      stop: async () => {
-        running = false;
-        await loop;
-        await sample();
-        await h.ns.execOk('nft', ['delete', 'table', 'inet', 'lab_probe']);
-        return report;
-      },
-    };
+  /** Watch what a host forwards for the container while its drop is in place (forwarding-probe.ts). */
+  watchForwarding(h: CtHost): Promise<{ stop(): Promise<ForwardingReport> }> {
+    return watchForwarding(h.ns, CT.container, 'table inet ctmigrate_containers');
   }
 
   /**

@@ -20,6 +20,8 @@
 import { join } from 'node:path';
 import { Flows, FlowReport } from './flows';
 import { ExecResult, Lab, LabProcess, NetNs, runOk } from './netns';
+import { ForwardingReport, watchForwarding } from './forwarding-probe';
+export type { ForwardingReport } from './forwarding-probe';
 import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
 import { MigrationStatus, QemuVm } from './qemu';
 
@@ -150,18 +152,6 @@ export interface MigrationOutcome {
   entriesB: number;
 }
 
-/** What watchForwarding saw on a host. */
-export interface ForwardingReport {
-  samples: number;
-  /** Samples that still showed the ctmigrate drop. */
-  blockedSamples: number;
-  /** The most packets of the VM forwarded in a sample that still showed the drop (0: none got through). */
-  forwardedWhileBlocked: number;
-  /** The most packets the drop had counted by then (above 0: the VM's traffic was reaching the host). */
-  droppedWhileBlocked: number;
-  /** Packets of the VM forwarded in all, at the end. */
-  forwarded: number;
-}
 
 export class MigrationLab {
   private vmOnB = false;
@@ -304,62 +294,9 @@ export class MigrationLab {
     return r.stdout.split('\n').filter((l) => l.trim() !== '');
   }
 
-  /**
-   * Watch what a host forwards for the VM while its drop is in place. A
-   * chain after every other forward chain counts the VM's packets that got
-   * through; each sample is one `nft list ruleset` (one generation of the
-   * ruleset, so the drop and the count are seen together). The drop only
-   * ever goes once it is lifted, so a sample that still shows the VM's
-   * addresses in its sets proves nothing was forwarded up to then unless
-   * its count is above 0.
-   */
-  async watchForwarding(h: Host): Promise<{ stop(): Promise<ForwardingReport> }> {
-    await h.ns.nft(`
-table inet lab_probe {
-  chain forward {
-    type filter hook forward priority 300; policy accept;
-    ip saddr ${ADDR.vm} counter
-    ip daddr ${ADDR.vm} counter
-  }
-}
-`);
-    const report: ForwardingReport = { samples: 0, blockedSamples: 0, forwardedWhileBlocked: 0, droppedWhileBlocked: 0, forwarded: 0 };
-    let running = true;
-    const sample = async (): Promise<void> => {
-      const r = await h.ns.execOk('nft', ['list', 'ruleset']);
-      const tables = new Map(r.stdout.split(/^(?=table )/m).map((t) => [t.slice(0, t.indexOf('{')).trim(), t] as const));
-      const packets = (t: string | undefined): number => {
-        let n = 0;
-        for (const m of (t ?? '').matchAll(/counter packets (\d+)/g)) n += Number(m[1]);
-        return n;
-      };
-      const n = packets(tables.get('table inet lab_probe'));
-      report.samples++;
-      report.forwarded = n;
-      // The quick lift empties the VM's sets at once and removes the table a
-      // moment later: the drop is in force while a set still holds an element.
-      const drop = tables.get('table inet ctmigrate');
-      if (drop !== undefined && /elements = \{/.test(drop)) {
-        report.blockedSamples++;
-        report.forwardedWhileBlocked = Math.max(report.forwardedWhileBlocked, n);
-        report.droppedWhileBlocked = Math.max(report.droppedWhileBlocked, packets(drop));
-      }
-    };
-    const loop = (async () => {
-      while (running) {
-        await sample();
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    })();
-    return {
-      stop: async () => {
-        running = false;
-        await loop;
-        await sample();
-        await h.ns.execOk('nft', ['delete', 'table', 'inet', 'lab_probe']);
-        return report;
-      },
-    };
+  /** Watch what a host forwards for the VM while its drop is in place (forwarding-probe.ts). */
+  watchForwarding(h: Host): Promise<{ stop(): Promise<ForwardingReport> }> {
+    return watchForwarding(h.ns, ADDR.vm, 'table inet ctmigrate');
   }
 
   /** Packets the ctmigrate drop rules have counted on a host (0 when the table is absent). */
