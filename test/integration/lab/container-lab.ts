@@ -30,6 +30,7 @@ import { Lab, LabProcess, NetNs, runOk } from './netns';
 import { ForwardingReport, watchForwarding } from './forwarding-probe';
 export type { ForwardingReport } from './forwarding-probe';
 import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
+import { buildTwoHosts } from './two-hosts';
 
 export const CT = {
   container: '192.0.2.10',
@@ -171,24 +172,7 @@ export class ContainerLab {
     const lab = new Lab();
     try {
       const dir = await lab.tempDir('ctr');
-      const [nsA, nsB, client, ctr] = await Promise.all([lab.netns('host-a'), lab.netns('host-b'), lab.netns('client'), lab.netns('ctr')]);
-      await lab.link(client, nsA, { ifname: 'to-a', addrs: [`${CT.clientA}/30`] }, { ifname: 'client', addrs: [`${CT.hostAClient}/30`] });
-      await lab.link(client, nsB, { ifname: 'to-b', addrs: [`${CT.clientB}/30`] }, { ifname: 'client', addrs: [`${CT.hostBClient}/30`] });
-      await lab.link(ctr, nsA, { ifname: 'eth-a', addrs: [`${CT.container}/24`] }, { ifname: 'ctr', addrs: [`${CT.gateway}/24`] });
-      await lab.link(ctr, nsB, { ifname: 'eth-b', addrs: [`${CT.container}/24`] }, { ifname: 'ctr', addrs: [`${CT.gateway}/24`] });
-      await ctr.execOk('ip', ['link', 'set', 'eth-b', 'down']);
-      await ctr.execOk('ip', ['route', 'add', 'default', 'via', CT.gateway, 'dev', 'eth-a']);
-      await client.execOk('ip', ['addr', 'add', `${CT.client}/32`, 'dev', 'lo']);
-      await client.execOk('ip', ['route', 'add', `${CT.published}/32`, 'via', CT.hostAClient, 'src', CT.client]);
-      for (const [ns, clientSide] of [
-        [nsA, CT.clientA],
-        [nsB, CT.clientB],
-      ] as const) {
-        await ns.enableForwarding();
-        await ns.execOk('ip', ['route', 'add', `${CT.client}/32`, 'via', clientSide]);
-        await ns.nft(FIREWALL);
-        await ns.sysctl({ 'net.netfilter.nf_conntrack_tcp_loose': '0' });
-      }
+      const { a: nsA, b: nsB, client, guest: ctr } = await buildTwoHosts(lab, { guestLabel: 'ctr', guestLink: 'ctr', firewall: FIREWALL, clientRoute: `${CT.published}/32` });
       const a: CtHost = { name: 'A', ns: nsA, peer: CT.peerA, bus: '', daemon: null };
       const b: CtHost = { name: 'B', ns: nsB, peer: CT.peerB, bus: '', daemon: null };
       if (o.daemons) {

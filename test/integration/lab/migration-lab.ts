@@ -23,6 +23,7 @@ import { ExecResult, Lab, LabProcess, NetNs, runOk } from './netns';
 import { ForwardingReport, watchForwarding } from './forwarding-probe';
 export type { ForwardingReport } from './forwarding-probe';
 import { startCtmigrated, startSystemBus, writePskFile } from './daemon-host';
+import { buildTwoHosts } from './two-hosts';
 import { MigrationStatus, QemuVm } from './qemu';
 
 export const ADDR = {
@@ -172,26 +173,8 @@ export class MigrationLab {
     const lab = new Lab();
     try {
       const dir = await lab.tempDir('mig');
-      const [nsA, nsB, client, vm] = await Promise.all([lab.netns('host-a'), lab.netns('host-b'), lab.netns('client'), lab.netns('vm')]);
+      const { a: nsA, b: nsB, client, guest: vm } = await buildTwoHosts(lab, { guestLabel: 'vm', guestLink: 'vm', firewall: FIREWALL, clientRoute: '192.0.2.0/24' });
       await lab.link(nsA, nsB, { ifname: 'peer', addrs: [`${ADDR.peerA}/24`] }, { ifname: 'peer', addrs: [`${ADDR.peerB}/24`] });
-      await lab.link(client, nsA, { ifname: 'to-a', addrs: [`${ADDR.clientA}/30`] }, { ifname: 'client', addrs: [`${ADDR.hostAClient}/30`] });
-      await lab.link(client, nsB, { ifname: 'to-b', addrs: [`${ADDR.clientB}/30`] }, { ifname: 'client', addrs: [`${ADDR.hostBClient}/30`] });
-      await lab.link(vm, nsA, { ifname: 'eth-a', addrs: [`${ADDR.vm}/24`] }, { ifname: 'vm', addrs: [`${ADDR.vmGateway}/24`] });
-      await lab.link(vm, nsB, { ifname: 'eth-b', addrs: [`${ADDR.vm}/24`] }, { ifname: 'vm', addrs: [`${ADDR.vmGateway}/24`] });
-      await vm.execOk('ip', ['link', 'set', 'eth-b', 'down']);
-      await vm.execOk('ip', ['route', 'add', 'default', 'via', ADDR.vmGateway, 'dev', 'eth-a']);
-      // On loopback: this kernel has no dummy devices, and lo serves the same.
-      await client.execOk('ip', ['addr', 'add', `${ADDR.client}/32`, 'dev', 'lo']);
-      await client.execOk('ip', ['route', 'add', '192.0.2.0/24', 'via', ADDR.hostAClient, 'src', ADDR.client]);
-      for (const [ns, clientSide] of [
-        [nsA, ADDR.clientA],
-        [nsB, ADDR.clientB],
-      ] as const) {
-        await ns.enableForwarding();
-        await ns.execOk('ip', ['route', 'add', `${ADDR.client}/32`, 'via', clientSide]);
-        await ns.nft(FIREWALL);
-        await ns.sysctl({ 'net.netfilter.nf_conntrack_tcp_loose': '0' });
-      }
       const pskFile = await writePskFile(dir);
       const host = async (name: 'A' | 'B', ns: NetNs, peer: string): Promise<Host> => {
         const hdir = await lab.tempDir(`h${name.toLowerCase()}`);
