@@ -17,6 +17,7 @@ import { DomainXmlError, readDomain } from '../../../adapters/libvirt/domain-xml
 import { XmlRefusedError } from '../../../adapters/libvirt/xml-reader';
 import { FrameReader } from '../../../adapters/peer/frame-reader';
 import { encodeRelayPreamble, RelayPreambleError, RelayPreambleReader } from '../../../adapters/peer/relay-preamble';
+import { ManifestError, parseManifest } from '../../../plugin/checkpoint-manifest';
 import { CodecError } from '../../../plugin/codec-error';
 import { ConnectionTable, Scan } from '../../../plugin/connection-table';
 import { applyConfigText, ConfigError, defaultConfig } from '../../../plugin/daemon-config';
@@ -182,6 +183,18 @@ describe('fuzz: every decoder refuses bad input with its own error, never anythi
           for (let at = 0; at < bytes.length; at += split) if (r.push(Buffer.from(bytes.subarray(at, at + split))) !== null) break;
         }, RelayPreambleError);
       }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('a checkpoint\'s ctmigrate.json (criu-action, a peer\'s ContainerState): a manifest or ManifestError', () => {
+    const seed = Buffer.from(
+      '{"format":"ctmigrate-checkpoint/1","container":"web1","addresses":["192.0.2.10","2001:db8::10"],"entries":80,"bytes":5241,"sha256":"' +
+        'ab'.repeat(32) +
+        '","host":"host-a","packedAt":"2026-12-04T18:00:00.000Z"}\n',
+    );
+    fc.assert(
+      fc.property(input([seed]), (bytes) => refusesOnly(() => parseManifest(Buffer.from(bytes).toString('utf8')), ManifestError)),
       { numRuns: RUNS },
     );
   });
