@@ -145,6 +145,42 @@ export const enum ExtFlag {
   Secmark = 512,
 }
 
+/**
+ * The extension parts, in bit order (which is the snapshot's wire order):
+ * the one description of where the record keeps each part (`offset`,
+ * `bytes`: its whole region, padding included) and which spans of it a
+ * snapshot carries (`wire`: offset, length pairs; the master tuple skips
+ * its padding). The snapshot encoder and decoder, their sizes, and the
+ * event merge all read this table; adding a part means adding a row.
+ */
+export interface ExtPart {
+  readonly flag: ExtFlag;
+  readonly offset: number;
+  readonly bytes: number;
+  /** Flat [offset, length, offset, length...] of what is encoded, in order. */
+  readonly wire: readonly number[];
+}
+
+export const EXT_PARTS: readonly ExtPart[] = [
+  { flag: ExtFlag.Labels, offset: X_LABELS, bytes: 16, wire: [X_LABELS, 16] },
+  { flag: ExtFlag.Helper, offset: X_HELPER, bytes: 16, wire: [X_HELPER, 16] },
+  { flag: ExtFlag.SeqAdjOrig, offset: X_SEQADJ_ORIG, bytes: 12, wire: [X_SEQADJ_ORIG, 12] },
+  { flag: ExtFlag.SeqAdjReply, offset: X_SEQADJ_REPLY, bytes: 12, wire: [X_SEQADJ_REPLY, 12] },
+  { flag: ExtFlag.Synproxy, offset: X_SYNPROXY, bytes: 12, wire: [X_SYNPROXY, 12] },
+  { flag: ExtFlag.Master, offset: X_MASTER_FAMILY, bytes: X_COUNTERS - X_MASTER_FAMILY, wire: [X_MASTER_FAMILY, 2, X_MASTER_SRC, X_MASTER_DPORT + 2 - X_MASTER_SRC] },
+  { flag: ExtFlag.Counters, offset: X_COUNTERS, bytes: 32, wire: [X_COUNTERS, 32] },
+  { flag: ExtFlag.Timestamp, offset: X_TIMESTAMP, bytes: 16, wire: [X_TIMESTAMP, 16] },
+  { flag: ExtFlag.Use, offset: X_USE, bytes: 4, wire: [X_USE, 4] },
+  { flag: ExtFlag.Secmark, offset: X_SECMARK, bytes: 4, wire: [X_SECMARK, 4] },
+];
+
+/** Encoded bytes of a part (the sum of its wire spans). */
+export function extWireBytes(part: ExtPart): number {
+  let n = 0;
+  for (let i = 1; i < part.wire.length; i += 2) n += part.wire[i];
+  return n;
+}
+
 /** IP protocol numbers the record gives meaning to. */
 export const enum L4 {
   ICMP = 1,

@@ -12,19 +12,10 @@ import {
   R_VERSION_LO,
   R_ZONE,
   RecordFlag,
-  X_COUNTERS,
-  X_HELPER,
-  X_LABELS,
-  X_MASTER_FAMILY,
-  X_MASTER_SRC,
   X_PRESENT,
-  X_SECMARK,
-  X_SEQADJ_ORIG,
-  X_SEQADJ_REPLY,
-  X_SYNPROXY,
-  X_TIMESTAMP,
-  X_USE,
   EXT_WORDS,
+  EXT_PARTS,
+  ExtFlag,
 } from './flow';
 import { FlowRecord, FlowView } from './flow-view';
 import {
@@ -375,29 +366,23 @@ export class SnapshotDecoder {
     w[(x + X_PRESENT) >> 2] = present;
     p += 2;
     const d = r.u8;
-    if (present & 1) p = copyIn(d, x + X_LABELS, b, p, 16);
-    if (present & 2) {
-      const why = helperNameProblem(b, p);
-      if (why) throw this.entryError('malformed', `has a bad helper: ${why}`);
-      p = copyIn(d, x + X_HELPER, b, p, 16);
-    }
-    if (present & 4) p = copyIn(d, x + X_SEQADJ_ORIG, b, p, 12);
-    if (present & 8) p = copyIn(d, x + X_SEQADJ_REPLY, b, p, 12);
-    if (present & 16) p = copyIn(d, x + X_SYNPROXY, b, p, 12);
-    if (present & 32) {
-      const mf = b[p];
-      if (mf !== AF_INET && mf !== AF_INET6) throw this.entryError('malformed', `has a master tuple of address family ${mf}`);
-      if (mf === AF_INET) {
-        for (let i = 4; i < 16; i++)
-          if (b[p + 2 + i] | b[p + 18 + i]) throw this.entryError('malformed', 'has an IPv4 master tuple with bytes past its addresses');
+    for (let i = 0; i < EXT_PARTS.length; i++) {
+      const part = EXT_PARTS[i];
+      if ((present & part.flag) === 0) continue;
+      if (part.flag === ExtFlag.Helper) {
+        const why = helperNameProblem(b, p);
+        if (why) throw this.entryError('malformed', `has a bad helper: ${why}`);
+      } else if (part.flag === ExtFlag.Master) {
+        const mf = b[p];
+        if (mf !== AF_INET && mf !== AF_INET6) throw this.entryError('malformed', `has a master tuple of address family ${mf}`);
+        if (mf === AF_INET) {
+          for (let k = 4; k < 16; k++)
+            if (b[p + 2 + k] | b[p + 18 + k]) throw this.entryError('malformed', 'has an IPv4 master tuple with bytes past its addresses');
+        }
       }
-      p = copyIn(d, x + X_MASTER_FAMILY, b, p, 2);
-      p = copyIn(d, x + X_MASTER_SRC, b, p, 36);
+      const w = part.wire;
+      for (let j = 0; j < w.length; j += 2) p = copyIn(d, x + w[j], b, p, w[j + 1]);
     }
-    if (present & 64) p = copyIn(d, x + X_COUNTERS, b, p, 32);
-    if (present & 128) p = copyIn(d, x + X_TIMESTAMP, b, p, 16);
-    if (present & 256) p = copyIn(d, x + X_USE, b, p, 4);
-    if (present & 512) copyIn(d, x + X_SECMARK, b, p, 4);
   }
 
   private store(table: ConnectionTable, r: FlowView, tombstone: boolean): void {

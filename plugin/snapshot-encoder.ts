@@ -13,18 +13,11 @@ import {
   R_ZONE,
   R_ZONE_DIR,
   RecordFlag,
-  X_COUNTERS,
   X_HELPER,
-  X_LABELS,
   X_MASTER_FAMILY,
-  X_MASTER_SRC,
   X_PRESENT,
-  X_SECMARK,
-  X_SEQADJ_ORIG,
-  X_SEQADJ_REPLY,
-  X_SYNPROXY,
-  X_TIMESTAMP,
-  X_USE,
+  EXT_PARTS,
+  ExtFlag,
 } from './flow';
 import { FlowView } from './flow-view';
 import {
@@ -235,25 +228,19 @@ export class SnapshotEncoder {
     b[p] = present & 0xff;
     b[p + 1] = present >> 8;
     p += 2;
-    if (present & 1) p = copyBytes(b, p, s, x + X_LABELS, 16);
-    if (present & 2) {
-      const why = helperNameProblem(s, x + X_HELPER);
-      if (why) throw new RangeError(`cannot encode entry: ${why}`);
-      p = copyBytes(b, p, s, x + X_HELPER, 16);
+    for (let i = 0; i < EXT_PARTS.length; i++) {
+      const part = EXT_PARTS[i];
+      if ((present & part.flag) === 0) continue;
+      if (part.flag === ExtFlag.Helper) {
+        const why = helperNameProblem(s, x + X_HELPER);
+        if (why) throw new RangeError(`cannot encode entry: ${why}`);
+      } else if (part.flag === ExtFlag.Master) {
+        const mf = s[x + X_MASTER_FAMILY];
+        if (mf !== AF_INET && mf !== AF_INET6) throw new RangeError(`cannot encode entry: master tuple of address family ${mf}`);
+      }
+      const w = part.wire;
+      for (let j = 0; j < w.length; j += 2) p = copyBytes(b, p, s, x + w[j], w[j + 1]);
     }
-    if (present & 4) p = copyBytes(b, p, s, x + X_SEQADJ_ORIG, 12);
-    if (present & 8) p = copyBytes(b, p, s, x + X_SEQADJ_REPLY, 12);
-    if (present & 16) p = copyBytes(b, p, s, x + X_SYNPROXY, 12);
-    if (present & 32) {
-      const mf = s[x + X_MASTER_FAMILY];
-      if (mf !== AF_INET && mf !== AF_INET6) throw new RangeError(`cannot encode entry: master tuple of address family ${mf}`);
-      p = copyBytes(b, p, s, x + X_MASTER_FAMILY, 2);
-      p = copyBytes(b, p, s, x + X_MASTER_SRC, 36);
-    }
-    if (present & 64) p = copyBytes(b, p, s, x + X_COUNTERS, 32);
-    if (present & 128) p = copyBytes(b, p, s, x + X_TIMESTAMP, 16);
-    if (present & 256) p = copyBytes(b, p, s, x + X_USE, 4);
-    if (present & 512) p = copyBytes(b, p, s, x + X_SECMARK, 4);
     return p;
   }
 

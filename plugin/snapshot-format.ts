@@ -57,6 +57,8 @@
  * diagnosis and range checks, though a receiving table stamps its own.
  */
 
+import { EXT_PARTS, extWireBytes } from './flow';
+
 export const MAGIC = Uint8Array.of(0x89, 0x43, 0x54, 0x4d, 0x53, 0x4e, 0x41, 0x50);
 /** The one format version this build writes and reads. */
 export const FORMAT_VERSION = 1;
@@ -103,14 +105,14 @@ export const TRAILER_BYTES = 8;
 
 /** Record flag bits a snapshot may carry (HasProtoInfo .. HasId). */
 export const ENTRY_FLAGS = 4 | 8 | 16 | 32 | 64;
-/** Every ExtFlag bit version 1 knows. */
-export const EXT_KNOWN = 0x3ff;
+/** Every ExtFlag bit version 1 knows (0x3ff). */
+export const EXT_KNOWN = EXT_PARTS.reduce((bits, part) => bits | part.flag, 0);
 
-/** Encoded size of each extension part, indexed by bit number. */
-export const EXT_PART_BYTES = [16, 16, 12, 12, 12, 38, 32, 16, 4, 4];
+/** Encoded size of each extension part, indexed by bit number: 16, 16, 12, 12, 12, 38, 32, 16, 4, 4. */
+export const EXT_PART_BYTES: readonly number[] = EXT_PARTS.map(extWireBytes);
 
-/** Largest possible entry (IPv6 with every extension part). */
-export const MAX_ENTRY_BYTES = 1 + HEAD_BYTES + 64 + TAIL_BYTES + 2 + 162;
+/** Largest possible entry (IPv6 with every extension part: 162 bytes of them). */
+export const MAX_ENTRY_BYTES = 1 + HEAD_BYTES + 64 + TAIL_BYTES + 2 + EXT_PART_BYTES.reduce((a, b) => a + b, 0);
 
 /** Byte length of a LIVE entry without its extension parts. */
 export function liveBaseBytes(family: number): number {

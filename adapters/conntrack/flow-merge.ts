@@ -11,6 +11,7 @@
 import {
   EXT_BYTES,
   ExtFlag,
+  EXT_PARTS,
   R_FLAGS,
   R_ID,
   R_MARK,
@@ -27,33 +28,28 @@ import {
   RECORD_BYTES,
   RecordFlag,
   X_COUNTERS,
-  X_HELPER,
   X_LABELS,
-  X_MASTER_FAMILY,
   X_PRESENT,
-  X_SECMARK,
-  X_SEQADJ_ORIG,
-  X_SEQADJ_REPLY,
-  X_SYNPROXY,
-  X_TIMESTAMP,
-  X_USE,
 } from '../../plugin/flow';
 import { FlowRecord, FlowView } from '../../plugin/flow-view';
 import { Seen } from './flow-decoder';
 
+/** Which decoder Seen bit says an event carried each extension part (plugin/flow.ts EXT_PARTS has where it lives). */
+const SEEN_BY_PART: ReadonlyMap<number, number> = new Map([
+  [ExtFlag.Helper, Seen.Help],
+  [ExtFlag.Labels, Seen.Labels],
+  [ExtFlag.SeqAdjOrig, Seen.SeqAdjOrig],
+  [ExtFlag.SeqAdjReply, Seen.SeqAdjReply],
+  [ExtFlag.Synproxy, Seen.Synproxy],
+  [ExtFlag.Master, Seen.Master],
+  [ExtFlag.Counters, Seen.Counters],
+  [ExtFlag.Timestamp, Seen.Timestamp],
+  [ExtFlag.Use, Seen.Use],
+  [ExtFlag.Secmark, Seen.Secmark],
+]);
+
 /** Extension parts an event may carry: [Seen bit, ExtFlag, byte offset, byte length]. */
-const EXT_PARTS: ReadonlyArray<readonly [number, number, number, number]> = [
-  [Seen.Help, ExtFlag.Helper, X_HELPER, 16],
-  [Seen.Labels, ExtFlag.Labels, X_LABELS, 16],
-  [Seen.SeqAdjOrig, ExtFlag.SeqAdjOrig, X_SEQADJ_ORIG, 12],
-  [Seen.SeqAdjReply, ExtFlag.SeqAdjReply, X_SEQADJ_REPLY, 12],
-  [Seen.Synproxy, ExtFlag.Synproxy, X_SYNPROXY, 12],
-  [Seen.Master, ExtFlag.Master, X_MASTER_FAMILY, 44],
-  [Seen.Counters, ExtFlag.Counters, X_COUNTERS, 32],
-  [Seen.Timestamp, ExtFlag.Timestamp, X_TIMESTAMP, 16],
-  [Seen.Use, ExtFlag.Use, X_USE, 4],
-  [Seen.Secmark, ExtFlag.Secmark, X_SECMARK, 4],
-];
+const EXT_MERGE: ReadonlyArray<readonly [number, number, number, number]> = EXT_PARTS.map((part) => [SEEN_BY_PART.get(part.flag) ?? 0, part.flag, part.offset, part.bytes] as const);
 
 function copyBytes(dst: FlowRecord, src: FlowView, at: number, n: number): void {
   for (let i = 0; i < n; i++) dst.u8[at + i] = src.u8[src.rec + at + i];
@@ -97,7 +93,7 @@ export function mergeEvent(stored: FlowView, ev: FlowRecord, seen: number, out: 
   }
   const evPresent = ev.extPresent;
   let present = out.extPresent;
-  for (const [bit, flag, at, n] of EXT_PARTS) {
+  for (const [bit, flag, at, n] of EXT_MERGE) {
     if ((seen & bit) === 0) continue;
     for (let i = 0; i < n; i++) out.u8[RECORD_BYTES + at + i] = ev.u8[RECORD_BYTES + at + i];
     present = (present & ~flag) | (evPresent & flag);
