@@ -442,6 +442,23 @@ export class ConnectionTable {
     return to - from <= Atomics.load(this.header, H_HIGH_WATER) / RING_SCAN_DIVISOR + RING_MIN;
   }
 
+  /**
+   * The writer's side of a record's seqlock: the sequence goes odd while the
+   * record changes (a reader that sees odd, or a different value after
+   * copying, copies again) and even when it is whole. beginWrite returns the
+   * even value endWrite closes from. The table has one writer thread.
+   */
+  private beginWrite(rec: number): number {
+    const i = (rec + R_SEQ) >> 2;
+    const seq = this.u32[i];
+    Atomics.store(this.u32, i, (seq + 1) >>> 0);
+    return seq;
+  }
+
+  private endWrite(rec: number, seq: number): void {
+    Atomics.store(this.u32, (rec + R_SEQ) >> 2, (seq + 2) >>> 0);
+  }
+
   /** Spin until the record's seqlock is even; returns that sequence. */
   waitStable(rec: number): number {
     const i = (rec + R_SEQ) >> 2;
@@ -472,9 +489,7 @@ export class ConnectionTable {
     if (needExt && ext === 0) ext = this.allocateExt() + 1;
     const version = this.nextVersion();
     const w = rec >> 2;
-    const seqI = (rec + R_SEQ) >> 2;
-    const seq = this.u32[seqI];
-    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    const seq = this.beginWrite(rec);
     const next = this.u32[w + (R_NEXT >> 2)];
     const s = src.rec >> 2;
     // Words 1.. are the entry; 0 is the seqlock, and EXT/NEXT are ours.
@@ -492,7 +507,7 @@ export class ConnectionTable {
     this.u8[rec + R_FLAGS] = (this.u8[rec + R_FLAGS] & ~RecordFlag.Tombstone) | RecordFlag.Live;
     this.ring[version & this.ringMask] = slot;
     this.stamp(rec, version);
-    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    this.endWrite(rec, seq);
     if (!wasLive) Atomics.add(this.header, H_LIVE, 1);
     if (wasTomb) Atomics.sub(this.header, H_TOMBSTONES, 1);
     this.publish(version);
@@ -510,13 +525,11 @@ export class ConnectionTable {
     const rec = this.recordOffset(slot);
     if ((this.u8[rec + R_FLAGS] & RecordFlag.Live) === 0) return -1;
     const version = this.nextVersion();
-    const seqI = (rec + R_SEQ) >> 2;
-    const seq = this.u32[seqI];
-    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    const seq = this.beginWrite(rec);
     this.u8[rec + R_FLAGS] = (this.u8[rec + R_FLAGS] & ~RecordFlag.Live) | RecordFlag.Tombstone;
     this.ring[version & this.ringMask] = slot;
     this.stamp(rec, version);
-    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    this.endWrite(rec, seq);
     Atomics.sub(this.header, H_LIVE, 1);
     Atomics.add(this.header, H_TOMBSTONES, 1);
     this.publish(version);
@@ -548,15 +561,13 @@ export class ConnectionTable {
       this.probe.at(rec, -1);
       if (this.probe.version > upTo) continue;
       this.unlink(s);
-      const seqI = (rec + R_SEQ) >> 2;
-      const seq = this.u32[seqI];
-      Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+      const seq = this.beginWrite(rec);
       const ext = this.u32[(rec + R_EXT) >> 2];
       if (ext !== 0) this.freeExt(ext - 1);
       this.u32[(rec + R_EXT) >> 2] = 0;
       this.u8[rec + R_FLAGS] = 0;
       this.u32[(rec + R_NEXT) >> 2] = this.header[H_FREE_HEAD] >>> 0;
-      Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+      this.endWrite(rec, seq);
       this.header[H_FREE_HEAD] = s;
       Atomics.sub(this.header, H_TOMBSTONES, 1);
       freed++;
@@ -607,15 +618,13 @@ export class ConnectionTable {
     // The key fields must be in place before the slot joins its chain.
     const w = rec >> 2;
     const s = src.rec >> 2;
-    const seqI = (rec + R_SEQ) >> 2;
-    const seq = this.u32[seqI];
-    Atomics.store(this.u32, seqI, (seq + 1) >>> 0);
+    const seq = this.beginWrite(rec);
     for (let i = 1; i < RECORD_WORDS; i++) this.u32[w + i] = src.u32[s + i];
     this.u8[rec + R_FLAGS] = 0;
     this.u32[w + (R_EXT >> 2)] = 0;
     const h = this.hashKey(this.u8, this.u32, rec) & this.bucketMask;
     this.u32[w + (R_NEXT >> 2)] = this.buckets[h];
-    Atomics.store(this.u32, seqI, (seq + 2) >>> 0);
+    this.endWrite(rec, seq);
     this.buckets[h] = slot;
     if (slot === this.header[H_HIGH_WATER]) Atomics.store(this.header, H_HIGH_WATER, slot + 1);
     return slot;
