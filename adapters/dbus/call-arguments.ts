@@ -1,7 +1,7 @@
 import { CtMark, CtMarkError, formatCtMark, parseCtMark } from '../../plugin/ct-mark';
 import { PrepareOptions } from '../../plugin/migration-service';
 import { CONTAINER_ID } from '../../plugin/checkpoint-manifest';
-import { parseVmUuid, VmSpec, vmSpec } from '../../plugin/vm';
+import { parseVmUuid, VmSpec, vmSpec, VmSpecError } from '../../plugin/vm';
 
 /** A D-Bus call's arguments cannot be used; becomes org.ctmigrate1.Error.InvalidArgs. */
 export class InvalidArgsError extends Error {
@@ -40,7 +40,7 @@ function checked<T>(f: () => T): T {
     return f();
   } catch (e) {
     if (e instanceof InvalidArgsError) throw e;
-    if (e instanceof Error && e.name === 'VmSpecError') throw new InvalidArgsError(e.message);
+    if (e instanceof VmSpecError) throw new InvalidArgsError(e.message);
     throw e;
   }
 }
