@@ -85,6 +85,13 @@ export function buildContainer(parent: DependencyContainer = container): Depende
   return c;
 }
 
+/** The libvirt client the host-side commands (enable-vm, check) use, for this connection URI. */
+export function virshFor(uri?: string): import('../libvirt/virsh').Virsh {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- deferred loading, as for the adapters above
+  const { Virsh } = require('../libvirt/virsh') as typeof import('../libvirt/virsh');
+  return new Virsh(uri);
+}
+
 /** Whether the daemon can talk to peers, and if not, why. */
 export interface PeerSetup {
   enabled: boolean;

@@ -13,7 +13,7 @@ import { parseAddress } from '../../plugin/address';
 import { conntrackEventsSetting } from '../conntrack/event-sysctl';
 import { loadCredentials } from '../peer/tls-credentials';
 import { readDomain } from '../libvirt/domain-xml';
-import { Virsh } from '../libvirt/virsh';
+import { virshFor } from './composition-root';
 
 /** One line of `check`. */
 export interface CheckResult {
@@ -231,7 +231,7 @@ async function qemuHasDbusVmstate(emulator: string): Promise<boolean | undefined
  * whether the daemon has it registered (without, its state is not carried).
  */
 export async function checkVmPaths(config: DaemonConfig, client: ManagerClient): Promise<CheckResult[]> {
-  const virsh = new Virsh(config.libvirtUri);
+  const virsh = virshFor(config.libvirtUri);
   let uuids: string[];
   try {
     uuids = await virsh.runningDomains(10_000);

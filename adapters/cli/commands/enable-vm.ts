@@ -4,7 +4,9 @@ import { ManagerClient, ManagerClientError } from '../../../plugin/ports/manager
 import { CtmigrateMetadata, metadataChildren, withCtmigrateMetadata, withVmstateObject } from '../../libvirt/domain-rewrite';
 import { CTMIGRATE_NS, DomainXmlError, readDomain } from '../../libvirt/domain-xml';
 import { unifiedDiff } from '../../libvirt/unified-diff';
-import { Virsh, VirshError } from '../../libvirt/virsh';
+import type { Virsh } from '../../libvirt/virsh';
+import { VirshError } from '../../libvirt/virsh';
+import { virshFor } from '../composition-root';
 import { XmlRefusedError } from '../../libvirt/xml-reader';
 import { vmSpec, VmSpecError } from '../../../plugin/vm';
 import { Command, CommandIo } from '../command';
@@ -176,7 +178,7 @@ refused, 2 bad arguments.
     const runDir = values['run-dir'];
     if (runDir !== undefined && !runDir.startsWith('/')) throw new UsageError('--run-dir must be an absolute path');
 
-    const virsh = new Virsh(values.connect);
+    const virsh = virshFor(values.connect);
     if (values.live) {
       if (runDir !== undefined) throw new UsageError('--run-dir has no use with --live (the running daemon registers the VM)');
       return enableLive(c, io, virsh, domain, { given, zone, mark, require: values.require === true, dryRun: values['dry-run'] === true });
