@@ -133,8 +133,8 @@ export class CriuAction {
   // ---- source ------------------------------------------------------------
 
   private async pack(step: CriuStep, capacity: number, host: string): Promise<StepOutcome> {
-    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
-    const pid = required(step.initPid, 'CRTOOLS_INIT_PID', step.action);
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
+    const pid = required(step.initPid, 'CRTOOLS_INIT_PID');
     const net = await this.network.network(pid);
     const container = await this.idOf(step, pid);
     if (net.sharesHostNetwork) return { action: step.action, container, summary: 'the container uses the host\'s network: its flows are the host\'s, nothing to carry' };
@@ -171,7 +171,7 @@ export class CriuAction {
   }
 
   private async release(step: CriuStep, capacity: number): Promise<StepOutcome> {
-    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
     const manifest = await this.manifestIn(dir);
     if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to do' };
     // Everything of the addresses now, not only what was packed: the container is frozen and gone from here.
@@ -190,7 +190,7 @@ export class CriuAction {
   // ---- destination -------------------------------------------------------
 
   private async hold(step: CriuStep, expiryS: number): Promise<StepOutcome> {
-    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
     let manifest = await this.manifestIn(dir);
     let from = '';
     if (!manifest && step.container !== null) {
@@ -227,7 +227,7 @@ export class CriuAction {
   }
 
   private async unpack(step: CriuStep, capacity: number): Promise<StepOutcome> {
-    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR', step.action);
+    const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
     const manifest = await this.manifestIn(dir);
     if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to import' };
     const container = manifest.container;
@@ -347,8 +347,8 @@ export class CriuAction {
   }
 }
 
-function required<T>(v: T | null, name: string, action: string): T {
-  if (v === null) throw new CriuStepError(`${action}: CRIU did not set ${name}`);
+function required<T>(v: T | null, name: string): T {
+  if (v === null) throw new CriuStepError(`CRIU did not set ${name}`);
   return v;
 }
 

@@ -101,7 +101,7 @@ async function run(args: string[], container: DependencyContainer, io: CommandIo
 
 async function step(action: CriuAction, io: CommandIo): Promise<number> {
   const name = process.env.CRTOOLS_SCRIPT_ACTION;
-  if (!name) throw new UsageError('CRTOOLS_SCRIPT_ACTION is not set: criu-action is the program CRIU runs as its action script (see --help)');
+  if (!name) throw new UsageError('CRTOOLS_SCRIPT_ACTION is not set: criu-action is the program CRIU runs as its action script');
   const step: CriuStep = {
     action: name,
     imageDir: process.env.CRTOOLS_IMAGE_DIR || null,

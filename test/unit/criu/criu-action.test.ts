@@ -244,7 +244,7 @@ describe('criu-action steps (plugin/criu-action.ts)', () => {
     for (const s of ['pre-dump', 'post-dump', 'pre-restore', 'setup-namespaces', 'post-restore', 'network-unlock', 'pre-resume', 'post-resume', 'orphan-pts-master'])
       assert.match((await b.action.run(step(s), opts)).summary, /nothing/);
     assert.equal(b.drops.calls.length, 0);
-    await assert.rejects(b.action.run(step('network-lock', { imageDir: null }), opts), /network-lock: CRIU did not set CRTOOLS_IMAGE_DIR/);
+    await assert.rejects(b.action.run(step('network-lock', { imageDir: null }), opts), /CRIU did not set CRTOOLS_IMAGE_DIR$/);
     await assert.rejects(b.action.run(step('network-lock', { container: 'bad id!' }), opts), /CTMIGRATE_CONTAINER "bad id!" is not a container id/);
   });
 });
