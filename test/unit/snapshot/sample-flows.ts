@@ -53,6 +53,7 @@ import {
   ZoneDir,
 } from '../../../plugin/flow';
 import { FlowRecord, FlowView } from '../../../plugin/flow-view';
+import { encodeTableToBuffer } from '../../../plugin/snapshot-encoder';
 
 /** Tuple as tests write it: src, dst, sport (or id / key), dport (or type<<8|code / key). */
 type Tuple = [string, string, number, number];
@@ -339,4 +340,16 @@ export function keyOf(v: FlowView): string {
   for (let i = 0; i < 32; i++) parts.push(v.u8[v.rec + R_ORIG_SRC + i]);
   parts.push(v.origSport, v.origDport);
   return parts.join(',');
+}
+
+/** The golden snapshot fixture's bytes (test/fixtures/snapshot/v1-snapshot.ctsnap): the sample table, encoded. */
+export function snapshotBytes(): Buffer {
+  const t = sampleTable();
+  return encodeTableToBuffer(t, { scan: Scan.Snapshot, from: 0, to: t.version }).bytes;
+}
+
+/** The golden delta fixture's bytes (v1-delta.ctsnap). */
+export function deltaBytes(): Buffer {
+  const { table, from } = sampleDeltaTable();
+  return encodeTableToBuffer(table, { scan: Scan.Delta, from, to: table.version }).bytes;
 }

@@ -10,20 +10,11 @@ import { applyStaged, decodeSnapshot, SnapshotDecoder } from '../../../plugin/sn
 import { encodeTable, encodeTableToBuffer, SnapshotEncoder } from '../../../plugin/snapshot-encoder';
 import { SnapshotKind } from '../../../plugin/snapshot-format';
 import { readSnapshot } from '../../../plugin/snapshot-reader';
-import { keyOf, sampleDeltaTable, sampleFlows, sampleTable, tableEntries } from './sample-flows';
+import { deltaBytes, keyOf, sampleDeltaTable, sampleFlows, sampleTable, snapshotBytes, tableEntries } from './sample-flows';
 
 const LIMITS = { maxEntries: 1000 };
 const FIXTURES = resolve(__dirname, '../../../../test/fixtures/snapshot');
 
-function snapshotBytes(): Buffer {
-  const t = sampleTable();
-  return encodeTableToBuffer(t, { scan: Scan.Snapshot, from: 0, to: t.version }).bytes;
-}
-
-function deltaBytes(): Buffer {
-  const { table, from } = sampleDeltaTable();
-  return encodeTableToBuffer(table, { scan: Scan.Delta, from, to: table.version }).bytes;
-}
 
 function expectedDelta(): Map<string, { live: boolean; bytes: number[] }> {
   const { table, from } = sampleDeltaTable();
