@@ -37,7 +37,7 @@
 // ctmigrated and the bus itself first.
 
 import { execFileSync } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
@@ -45,6 +45,7 @@ import { Flows } from './flows';
 import { CTMIGRATECTL, CTMIGRATED } from './migration-lab';
 import { ExecOptions, ExecResult, Lab, LabProcess, NetNs } from './netns';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { writePskFile } from './daemon-host';
 
 /** The repo's hook, seen from dist/test/integration/lab/. */
 export const REPO_ROOT = resolve(__dirname, '..', '..', '..', '..');
@@ -494,11 +495,7 @@ export class LibvirtHost {
 }
 
 /** A fresh pre-shared key file (hex, 32 bytes) for the hosts' ctmigrated. */
-export async function writePsk(dir: string): Promise<string> {
-  const file = join(dir, 'psk');
-  await writeFile(file, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
-  return file;
-}
+export const writePsk = writePskFile;
 
 /** The options of a lab domain. */
 export interface LabDomainSpec {
