@@ -5,7 +5,8 @@
 // what it would feed.
 //
 // CI runs FUZZ_RUNS cases per property (default 200); `npm run fuzz` runs
-// 20,000 each.
+// 20,000 each. Every run has one seed (FUZZ_SEED, else a fresh one) and
+// prints it when a property fails, so `FUZZ_SEED=N npm run fuzz` replays it.
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -29,6 +30,8 @@ import { encodeTableToBuffer } from '../../../plugin/snapshot-encoder';
 import { warmUpTable } from '../../../plugin/warm-up';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 200);
+const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : (Date.now() ^ (process.pid << 16)) | 0;
+fc.configureGlobal({ seed: SEED });
 const ROOT = join(__dirname, '..', '..', '..', '..');
 
 /** A seed, then a few edits: flip, overwrite, cut, insert, duplicate a span. The shapes real corruption takes. */
@@ -71,6 +74,10 @@ function refusesOnly(f: () => unknown, ...allowed: (abstract new (...a: never[])
 const text = (b: Uint8Array): string => Buffer.from(b).toString('latin1');
 
 describe('fuzz: every decoder refuses bad input with its own error, never anything else', function () {
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') process.stderr.write(`      fuzz seed ${SEED}: replay with FUZZ_SEED=${SEED}\n`);
+  });
+
   this.timeout(120_000);
 
   it('binary snapshots (files, vmstate blobs, frames): decoded or refused, and a refused one changes no table', () => {
