@@ -12,11 +12,12 @@ import { readSnapshot } from './snapshot-reader';
  * is acted upon before this passes.
  */
 
-/** What is wrong with a packed state; `part` says which of the two files. */
+/** What is wrong with a packed state; `part` says which of the two files, `problem` what is wrong with it. */
 export class ContainerStateError extends Error {
   constructor(
     readonly part: 'manifest' | 'snapshot',
-    message: string,
+    readonly problem: string,
+    message: string = problem,
   ) {
     super(message);
     this.name = 'ContainerStateError';
@@ -53,7 +54,7 @@ export async function checkContainerState(state: ContainerState, capacity: numbe
     await checkSnapshot(manifest, state.snapshot, capacity);
     return manifest;
   } catch (e) {
-    if (e instanceof ContainerStateError) throw new ContainerStateError(e.part, `the state of container ${state.container}: the ${e.part} ${e.message}`);
+    if (e instanceof ContainerStateError) throw new ContainerStateError(e.part, e.problem, `the state of container ${state.container}: the ${e.part} ${e.problem}`);
     throw e;
   }
 }

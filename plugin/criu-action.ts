@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { inject, injectable } from 'tsyringe';
 import { Address, canonicalAddressText, formatAddress } from './address';
 import { CheckpointManifest, CONTAINER_ID, encodeManifest, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_MAX_BYTES, SNAPSHOT_FILE } from './checkpoint-manifest';
-import { checkManifest, checkSnapshot, ContainerStateError } from './container-state';
+import { checkContainerState, checkManifest, checkSnapshot, ContainerStateError } from './container-state';
 import { ConnectionTable, Scan } from './connection-table';
 import { confine, Refusal, REFUSAL_KINDS, refusalSummary } from './import-confinement';
 import { CheckpointStore } from './ports/checkpoint-store';
@@ -11,6 +11,7 @@ import { ConnectionFeed } from './ports/connection-feed';
 import { ContainerDropsPort, DEFAULT_DROP_EXPIRY_S } from './ports/container-drops-port';
 import { ContainerNetworkPort } from './ports/container-network-port';
 import { ConntrackPort, WriteReport } from './ports/conntrack-port';
+import { HostAddressesPort } from './ports/host-addresses-port';
 import { Log } from './ports/log-port';
 import { ManagerClient } from './ports/manager-client';
 import { RestoreWatchPort } from './ports/restore-watch-port';
@@ -97,6 +98,7 @@ export class CriuAction {
     @inject(Clock) private readonly clock: Clock,
     @inject(Log) private readonly log: Log,
     @inject(ManagerClient) private readonly daemon: ManagerClient,
+    @inject(HostAddressesPort) private readonly hostAddresses: HostAddressesPort,
   ) {}
 
   /** Run one step; resolves with what it did, rejects with a CriuStepError when CRIU must stop. */
@@ -113,8 +115,8 @@ export class CriuAction {
       case 'network-unlock':
         return this.unpack(step, options.tableCapacity);
       default:
-        // pre-dump, setup-namespaces, post-restore, pre-resume, post-resume and
-        // whatever a later CRIU adds: nothing to do, and never a reason to fail.
+        // pre-dump, post-setup-namespaces, post-restore, pre-resume, post-resume
+        // and whatever a later CRIU adds: nothing to do, and never a reason to fail.
         return { action: step.action, container: null, summary: 'nothing to do' };
     }
   }
@@ -138,13 +140,14 @@ export class CriuAction {
     const net = await this.network.network(pid);
     const container = await this.idOf(step, pid);
     if (net.sharesHostNetwork) return { action: step.action, container, summary: 'the container uses the host\'s network: its flows are the host\'s, nothing to carry' };
-    if (net.addresses.length === 0) return { action: step.action, container, summary: 'the container\'s network namespace has no global address: nothing to carry' };
-    const table = await this.dumpOf(net.addresses, capacity);
+    const addresses = this.ownAddresses(net.addresses, container);
+    if (addresses.length === 0) return { action: step.action, container, summary: 'the container\'s network namespace has no global address of its own: nothing to carry' };
+    const table = await this.dumpOf(addresses, capacity);
     const { bytes, summary } = encodeTableToBuffer(table, { scan: Scan.Snapshot, from: 0, to: table.version });
     const manifest: CheckpointManifest = {
       format: MANIFEST_FORMAT,
       container,
-      addresses: net.addresses,
+      addresses,
       entries: summary.entries,
       bytes: bytes.length,
       sha256: createHash('sha256').update(bytes).digest('hex'),
@@ -167,7 +170,7 @@ export class CriuAction {
         this.log.warn(`container state not sent to ${step.destination}: ${(e as Error).message}`, { container });
       }
     }
-    return { action: step.action, container, summary: `packed ${summary.entries} entries of ${texts(net.addresses)} (${bytes.length} bytes) into the checkpoint${sent}` };
+    return { action: step.action, container, summary: `packed ${summary.entries} entries of ${texts(addresses)} (${bytes.length} bytes) into the checkpoint${sent}` };
   }
 
   private async release(step: CriuStep, capacity: number): Promise<StepOutcome> {
@@ -193,20 +196,24 @@ export class CriuAction {
     const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
     let manifest = await this.manifestIn(dir);
     let from = '';
-    if (!manifest && step.container !== null) {
+    if (manifest) {
+      // Before anything can fail half-way: an unreadable snapshot stops the restore with nothing changed.
+      await this.snapshotIn(dir, manifest, Number.MAX_SAFE_INTEGER);
+    } else if (step.container !== null) {
       manifest = await this.fromPeer(dir, step.container);
       if (manifest) from = ' (the state a peer sent this host)';
     }
     if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to hold' };
-    // Before anything can fail half-way: an unreadable snapshot stops the restore with nothing changed.
-    await this.snapshotIn(dir, manifest, Number.MAX_SAFE_INTEGER);
-    await this.drops.block(manifest.container, manifest.addresses, expiryS);
+    // A manifest (tampered with, or from a careless peer) never makes this host drop its own traffic.
+    const addresses = this.ownAddresses(manifest.addresses, manifest.container);
+    if (addresses.length === 0) return { action: step.action, container: manifest.container, summary: 'the checkpoint names only addresses of this host: nothing to hold' };
+    await this.drops.block(manifest.container, addresses, expiryS);
     try {
-      await this.watcher.watch(manifest.container, manifest.addresses, step.criuPid, this.clock.now() + expiryS * 1000);
+      await this.watcher.watch(manifest.container, addresses, step.criuPid, this.clock.now() + expiryS * 1000);
     } catch (e) {
       this.log.warn(`no watcher for the restore (${(e as Error).message}); the drop still expires after ${expiryS} s`, { container: manifest.container });
     }
-    return { action: step.action, container: manifest.container, summary: `traffic of ${texts(manifest.addresses)} dropped until network-unlock (at most ${expiryS} s)${from}` };
+    return { action: step.action, container: manifest.container, summary: `traffic of ${texts(addresses)} dropped until network-unlock (at most ${expiryS} s)${from}` };
   }
 
   /**
@@ -265,18 +272,24 @@ export class CriuAction {
 
   /** The container as the import confines it: the manifest's addresses that the restored namespace really has. */
   private async ownerOf(step: CriuStep, manifest: CheckpointManifest): Promise<VmSpec> {
-    if (step.initPid === null) return { uuid: manifest.container, addresses: manifest.addresses };
+    const own = this.ownAddresses(manifest.addresses, manifest.container);
+    if (step.initPid === null) return { uuid: manifest.container, addresses: own };
     const net = await this.network.network(step.initPid);
     if (net.sharesHostNetwork) return { uuid: manifest.container, addresses: [] };
-    const live = new Set(net.addresses.map((a) => canonicalAddressText(formatAddress(a.bytes, 0, a.bytes.length))));
-    return { uuid: manifest.container, addresses: manifest.addresses.filter((a) => live.has(canonicalAddressText(formatAddress(a.bytes, 0, a.bytes.length)))) };
+    const live = new Set(net.addresses.map(addressKey));
+    return { uuid: manifest.container, addresses: own.filter((a) => live.has(addressKey(a))) };
+  }
+
+  /** The addresses without this host's own: a container named with one would have the host's flows taken for its own (removed at post-dump, dropped at pre-restore). */
+  private ownAddresses(addresses: readonly Address[], container: string): Address[] {
+    const host = new Set(this.hostAddresses.addresses().map((a) => canonicalAddressText(a)));
+    const own = addresses.filter((a) => !host.has(addressKey(a)));
+    for (const a of addresses) if (!own.includes(a)) this.log.warn(`${addressKey(a)} is an address of this host, never the container's own: left out`, { container });
+    return own;
   }
 
   private async idOf(step: CriuStep, pid: number): Promise<string> {
-    if (step.container !== null) {
-      if (!CONTAINER_ID.test(step.container)) throw new CriuStepError(`CTMIGRATE_CONTAINER ${JSON.stringify(step.container)} is not a container id (letters, digits, . _ -; at most 64)`);
-      return step.container;
-    }
+    if (step.container !== null) return checkedContainerId(step.container);
     return (await this.network.containerId(pid)) ?? `pid-${pid}`;
   }
 
@@ -298,7 +311,7 @@ export class CriuAction {
    * before anything is written.
    */
   private async fromPeer(dir: string, container: string): Promise<CheckpointManifest | null> {
-    if (!CONTAINER_ID.test(container)) throw new CriuStepError(`CTMIGRATE_CONTAINER ${JSON.stringify(container)} is not a container id (letters, digits, . _ -; at most 64)`);
+    checkedContainerId(container);
     let state;
     try {
       state = await this.daemon.takeContainerState(container);
@@ -308,11 +321,9 @@ export class CriuAction {
     }
     let manifest: CheckpointManifest;
     try {
-      manifest = checkManifest(state.manifest);
-      if (manifest.container !== container) throw new ContainerStateError('manifest', `names container ${manifest.container}, not ${container}`);
-      await checkSnapshot(manifest, state.snapshot, Number.MAX_SAFE_INTEGER);
+      manifest = await checkContainerState({ ...state, container }, Number.MAX_SAFE_INTEGER);
     } catch (e) {
-      if (e instanceof ContainerStateError) throw new CriuStepError(`the state a peer sent for container ${container}: the ${e.part} ${e.message}; nothing done`);
+      if (e instanceof ContainerStateError) throw new CriuStepError(`the state a peer sent for container ${container}: the ${e.part} ${e.problem}; nothing done`);
       throw e;
     }
     await this.store.write(dir, [
@@ -350,6 +361,16 @@ export class CriuAction {
 function required<T>(v: T | null, name: string): T {
   if (v === null) throw new CriuStepError(`CRIU did not set ${name}`);
   return v;
+}
+
+function checkedContainerId(id: string): string {
+  if (!CONTAINER_ID.test(id)) throw new CriuStepError(`CTMIGRATE_CONTAINER ${JSON.stringify(id)} is not a container id (letters, digits, . _ -; at most 64)`);
+  return id;
+}
+
+/** An address's canonical text: the one form sets of addresses compare by. */
+function addressKey(a: Address): string {
+  return canonicalAddressText(formatAddress(a.bytes, 0, a.bytes.length));
 }
 
 function texts(addresses: readonly Address[]): string {

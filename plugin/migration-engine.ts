@@ -27,7 +27,7 @@ import { findSource } from './source-query';
 import { SourceMigration } from './source-migration';
 import { VmTracker } from './vm-tracker';
 import { parseVmUuid, vmAddressTexts, VmSpec, VmSpecError } from './vm';
-import { canonicalAddressText } from './address';
+import { canonicalAddressText, formatAddress } from './address';
 import { decodeReference, encodeReference } from './vmstate-reference';
 import { NoSessionError, SessionBusyError } from './service-errors';
 
@@ -95,9 +95,14 @@ export class MigrationEngine implements MigrationDaemon {
 
   /** A VM named with one of this host's own addresses would take the host's flows for its own. */
   private refuseHostAddress(vm: VmSpec): void {
+    const a = this.hostAddressAmong(vmAddressTexts(vm));
+    if (a !== null) throw new VmSpecError(`VM ${vm.uuid}: ${a} is an address of this host, never a VM's own address`);
+  }
+
+  /** The first of the addresses that is this host's own, or null. */
+  private hostAddressAmong(addresses: readonly string[]): string | null {
     const own = new Set(this.hostAddresses.addresses().map((a) => canonicalAddressText(a)));
-    for (const a of vmAddressTexts(vm))
-      if (own.has(canonicalAddressText(a))) throw new VmSpecError(`VM ${vm.uuid}: ${a} is an address of this host, never a VM's own address`);
+    return addresses.find((a) => own.has(canonicalAddressText(a))) ?? null;
   }
 
   /**
@@ -585,11 +590,15 @@ export class MigrationEngine implements MigrationDaemon {
     this.forgetOldContainers();
     // The payload's bytes belong to the connection's buffer: keep a copy.
     const state: ContainerState = { container: m.container, manifest: m.manifest, snapshot: Uint8Array.from(m.bytes) };
+    let manifest;
     try {
-      await checkContainerState(state, this.config.tableCapacity);
+      manifest = await checkContainerState(state, this.config.tableCapacity);
     } catch (e) {
       return this.refuse(conn, PeerErrorCode.Refused, (e as Error).message);
     }
+    // As for a VM: a peer cannot make this host take its own flows, or its own traffic, for a container's.
+    const own = this.hostAddressAmong(manifest.addresses.map((a) => formatAddress(a.bytes, 0, a.bytes.length)));
+    if (own !== null) return this.refuse(conn, PeerErrorCode.Refused, `the state of container ${state.container} names ${own}, an address of this host`);
     if (!this.heldContainers.has(state.container) && this.heldContainers.size >= MAX_HELD_CONTAINERS)
       return this.refuse(conn, PeerErrorCode.Limit, `this host already holds the states of ${MAX_HELD_CONTAINERS} containers`);
     this.heldContainers.set(state.container, { state, at: this.clock.now() });

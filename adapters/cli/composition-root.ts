@@ -29,6 +29,7 @@ import { RestoreWatchPort } from '../../plugin/ports/restore-watch-port';
 import { ImageDirStore } from '../criu/image-dir-store';
 import { DetachedRestoreWatch } from '../criu/restore-watch';
 import { ProcContainerNetwork } from '../host/container-network';
+import { InterfaceAddresses } from '../host/interface-addresses';
 import { NftContainerDrops } from '../nftables/container-drops';
 import { providePort, resolvePort } from '../../plugin/ports/port-token';
 
@@ -54,7 +55,6 @@ const adapters = {
     ...(require('../libvirt/domain-events') as typeof import('../libvirt/domain-events')),
     ...(require('../libvirt/qemu-vmstate-objects') as typeof import('../libvirt/qemu-vmstate-objects')),
     ...(require('../libvirt/virsh') as typeof import('../libvirt/virsh')),
-    ...(require('../host/interface-addresses') as typeof import('../host/interface-addresses')),
     ...(require('../metrics/daemon-metrics') as typeof import('../metrics/daemon-metrics')),
     ...(require('../dbus/dbus-service') as typeof import('../dbus/dbus-service')),
     ...(require('../dbus/dbus-vmstate-port') as typeof import('../dbus/dbus-vmstate-port')),
@@ -81,6 +81,7 @@ export function buildContainer(parent: DependencyContainer = container): Depende
   providePort(c, CheckpointStore, { useFactory: () => new ImageDirStore() });
   providePort(c, ContainerNetworkPort, { useFactory: () => new ProcContainerNetwork() });
   providePort(c, ContainerDropsPort, { useFactory: () => new NftContainerDrops() });
+  providePort(c, HostAddressesPort, { useFactory: () => new InterfaceAddresses() });
   providePort(c, RestoreWatchPort, { useFactory: () => new DetachedRestoreWatch(process.execPath, process.argv[1] ?? '', CRIU_WATCH_LOG) });
   return c;
 }
@@ -114,7 +115,6 @@ export function buildDaemonContainer(
     LibvirtHostVms,
     QemuVmstateObjects,
     LibvirtDomainEvents,
-    InterfaceAddresses,
     loadCredentials,
     CredentialError,
     TlsPeerPort,

@@ -69,26 +69,21 @@ export class NftContainerDrops implements ContainerDropsPort {
 
   lift(container: string, addresses: readonly Address[]): Promise<void> {
     const action = `lift the drop for container ${container}`;
+    const wanted = new Set(addresses.map((a) => canonicalAddressText(text(a))));
     return this.locked(async () => {
-      const present = await this.elements(action);
-      if (present === null) return;
-      const wanted = new Set(addresses.map((a) => canonicalAddressText(text(a))));
-      const mine = present.filter((e) => wanted.has(e.address));
-      const rest = present.length - mine.length;
-      const lines: string[] = [];
-      if (rest === 0) lines.push(`delete table inet ${CONTAINER_TABLE}`);
-      else for (const e of mine) lines.push(`delete element inet ${CONTAINER_TABLE} ${e.set} { ${e.address} }`);
-      if (lines.length === 0) return;
-      const r = await this.run(['-f', '-'], `${lines.join('\n')}\n`);
-      if (r.code === 0) return;
-      // An element that expired between the listing and the delete fails the whole transaction: list again once.
-      const again = await this.elements(action);
-      if (again === null) return;
-      const left = again.filter((e) => wanted.has(e.address));
-      const retry = again.length === left.length ? [`delete table inet ${CONTAINER_TABLE}`] : left.map((e) => `delete element inet ${CONTAINER_TABLE} ${e.set} { ${e.address} }`);
-      if (retry.length === 0) return;
-      const r2 = await this.run(['-f', '-'], `${retry.join('\n')}\n`);
-      if (r2.code !== 0) throw NftError.from(action, r2, 'the drop stays in place until it expires', 'the kernel applied the whole transaction or none of it');
+      // An element the kernel expires between the listing and the delete fails the whole transaction: list again, once.
+      for (let attempt = 0; ; attempt++) {
+        const present = await this.elements(action);
+        if (present === null) return;
+        const mine = present.filter((e) => wanted.has(e.address));
+        // The last drop goes with its table (the empty sets of expired ones too).
+        const lines =
+          mine.length === present.length ? [`delete table inet ${CONTAINER_TABLE}`] : mine.map((e) => `delete element inet ${CONTAINER_TABLE} ${e.set} { ${e.address} }`);
+        if (lines.length === 0) return;
+        const r = await this.run(['-f', '-'], `${lines.join('\n')}\n`);
+        if (r.code === 0) return;
+        if (attempt > 0) throw NftError.from(action, r, 'the drop stays in place until it expires', 'the kernel applied the whole transaction or none of it');
+      }
     });
   }
 
@@ -100,13 +95,13 @@ export class NftContainerDrops implements ContainerDropsPort {
   }
 
   /** Every element of both sets; null when the table is absent. */
-  private async elements(action: string): Promise<Array<{ set: string; address: string; comment: string }> | null> {
+  private async elements(action: string): Promise<Array<{ set: string; address: string }> | null> {
     const r = await this.run(['-j', 'list', 'table', 'inet', CONTAINER_TABLE], '');
     if (r.code !== 0) {
       if (/No such file or directory/.test(r.stderr)) return null;
       throw NftError.from(action, r, 'nothing changed', 'nothing changed');
     }
-    const out: Array<{ set: string; address: string; comment: string }> = [];
+    const out: Array<{ set: string; address: string }> = [];
     let doc: { nftables?: Array<{ set?: { name?: string; elem?: unknown[] } }> };
     try {
       doc = JSON.parse(r.stdout) as typeof doc;
@@ -117,9 +112,10 @@ export class NftContainerDrops implements ContainerDropsPort {
       const set = o.set;
       if (!set || (set.name !== SETS.v4 && set.name !== SETS.v6)) continue;
       for (const e of set.elem ?? []) {
-        const el = typeof e === 'object' && e !== null && 'elem' in e ? (e as { elem: { val?: unknown; comment?: unknown } }).elem : { val: e };
+        // With a timeout the element is {"elem": {"val": ..., "timeout": ...}}, else the bare address.
+        const el = typeof e === 'object' && e !== null && 'elem' in e ? (e as { elem: { val?: unknown } }).elem : { val: e };
         if (typeof el.val !== 'string') continue;
-        out.push({ set: set.name, address: canonicalAddressText(el.val), comment: typeof el.comment === 'string' ? el.comment : '' });
+        out.push({ set: set.name, address: canonicalAddressText(el.val) });
       }
     }
     return out;

@@ -92,6 +92,14 @@ describe('containers: ctmigratectl criu-action run by CRIU (DNAT published port,
     assert.ok((out.manifest?.entries ?? 0) >= 20);
   });
 
+  it('a restore that fails while CRIU lives on (its restored init killed) has its drop lifted too: B is clean, CRIU still running', async () => {
+    const m = lab as ContainerLab;
+    const out = await m.migrate({ flows: 5, run: 'init-dies', failAfter: 'post-setup-namespaces', failBy: 'init-dies', progress: say });
+    assert.equal(out.liftedWhileCriuRuns, true, 'the drop was not lifted while CRIU lived on');
+    assert.ok(!out.tablesB.some((t) => t.includes('ctmigrate')), `B still has ${out.tablesB.join(', ')}`);
+    assert.deepEqual(out.entriesB, []);
+  });
+
   it('after a failed restore on B the same checkpoint restored back on A brings every entry back there, and every flow survives', async () => {
     const m = lab as ContainerLab;
     const out = await m.migrate({ flows: 10, run: 'back', failAfter: 'post-setup-namespaces', thenRestoreOnA: true, breakMs: 10_000, progress: say });

@@ -68,10 +68,12 @@ Exit status: 0 done (or nothing to do), 1 the step failed (CRIU then aborts
 the dump or restore where it can), 2 not run by CRIU.
 `;
 
-/** Where the watcher started at pre-restore looks in between. */
+/** How often the watcher started at pre-restore looks at the process it follows. */
 const WATCH_INTERVAL_MS = 200;
-/** Polls in a row that could not read the drop before the watcher gives up (5 s). */
-const MAX_WATCH_FAILURES = 25;
+/** Every how many looks it also reads the drop (once a second). */
+const DROP_CHECK_TICKS = 5;
+/** Reads of the drop in a row that failed before the watcher gives up (5 s). */
+const MAX_WATCH_FAILURES = 5;
 
 async function run(args: string[], container: DependencyContainer, io: CommandIo): Promise<number> {
   const { values, positionals } = parseOptions(
@@ -154,27 +156,27 @@ async function watch(
   const read = (p: string): string => readFileSync(p, 'utf8');
   const started = processStart(criuPid, read);
   let failures = 0;
-  for (;;) {
-    let blocked: boolean;
-    try {
-      blocked = await drops.blocked(id, addresses);
-      failures = 0;
-    } catch (e) {
-      // nft keeps failing (the namespace is gone, nft removed): nothing this watcher could lift; the kernel's expiry stays.
-      if (++failures >= MAX_WATCH_FAILURES) {
-        io.stderr.write(`ctmigrate criu-action: container ${id}: cannot read the drop (${(e as Error).message}); the watcher ends, the drop expires by itself\n`);
-        return 1;
-      }
-      blocked = true;
-    }
-    if (!blocked) return 0;
+  for (let tick = 0; ; tick++) {
     const gone = started === null || processStart(criuPid, read) !== started;
     const late = Date.now() >= deadline;
     if (gone || late) {
-      const why = gone ? `CRIU (process ${criuPid}) exited` : 'the drop reached its deadline';
+      const why = gone ? `process ${criuPid} (CRIU, or the restored init) exited` : 'the drop reached its deadline';
       const lifted = await action.abandon(id, addresses, why);
       if (lifted) io.stderr.write(`ctmigrate criu-action: container ${id}: ${why} before network-unlock; the drop is lifted, nothing was imported\n`);
       return 0;
+    }
+    // The process is read every tick (a file read); the drop only every few (an nft run), to see network-unlock lift it.
+    if (tick % DROP_CHECK_TICKS === 0) {
+      try {
+        if (!(await drops.blocked(id, addresses))) return 0;
+        failures = 0;
+      } catch (e) {
+        // nft keeps failing (the namespace is gone, nft removed): nothing this watcher could lift; the kernel's expiry stays.
+        if (++failures >= MAX_WATCH_FAILURES) {
+          io.stderr.write(`ctmigrate criu-action: container ${id}: cannot read the drop (${(e as Error).message}); the watcher ends, the drop expires by itself\n`);
+          return 1;
+        }
+      }
     }
     await sleep(WATCH_INTERVAL_MS);
   }

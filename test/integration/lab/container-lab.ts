@@ -93,6 +93,8 @@ export interface ContainerOutcome {
   restoreLog: string[];
   /** The restore back on A after a failed one (thenRestoreOnA). */
   backLog: string[];
+  /** failBy init-dies: B's drop was gone while the stand-in CRIU still ran. */
+  liftedWhileCriuRuns: boolean;
   /** Exit status of each step the script ran. */
   codes: Record<string, number>;
   manifest: { container: string; addresses: string[]; entries: number } | null;
@@ -310,7 +312,7 @@ export class ContainerLab {
    * post-setup-namespaces, post-restore, network-unlock, pre-resume,
    * post-resume). `failAfter` ends the restore there, CRIU dying.
    */
-  async migrate(o: { flows: number; run: string; failAfter?: string; thenRestoreOnA?: boolean; withoutCtmigrate?: boolean; dumpEnv?: Record<string, string>; restoreEnv?: Record<string, string>; streamed?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
+  async migrate(o: { flows: number; run: string; failAfter?: string; failBy?: 'criu-exits' | 'init-dies'; thenRestoreOnA?: boolean; withoutCtmigrate?: boolean; dumpEnv?: Record<string, string>; restoreEnv?: Record<string, string>; streamed?: boolean; breakMs?: number; restoreMs?: number; progress?: (line: string) => void }): Promise<ContainerOutcome> {
     const say = o.progress ?? ((): void => undefined);
     const pid = await this.initPid();
     const flows = await this.startFlows(o.flows, o.breakMs);
@@ -342,6 +344,7 @@ export class ContainerLab {
     const restore = await CriuRun.start(this.lab, this.b, restoreDir, script, o.restoreEnv);
     let frozenMs = -1;
     let backLog: string[] = [];
+    let liftedWhileCriuRuns = false;
     try {
       await stepOk(restore, 'pre-restore');
       await this.placeOn(this.b);
@@ -352,8 +355,19 @@ export class ContainerLab {
       // its SYN to the container (whose own lock would then drop it).
       await Promise.all([sleep(o.restoreMs ?? 1_000), this.knock(Math.min(800, o.restoreMs ?? 1_000))]);
       if (o.failAfter === 'post-setup-namespaces') {
-        await restore.die();
-        say('B: the restore failed after post-setup-namespaces (CRIU exited)');
+        if (o.failBy === 'init-dies') {
+          // A CRIU that lives on (runc's, serving RPC) kills the restored tree when the restore fails.
+          await this.init?.stop(500);
+          this.init = null;
+          say('B: the restore failed after post-setup-namespaces (the restored init was killed, CRIU lives on)');
+          // Only the watcher that follows the init can lift the drop now.
+          const until = Date.now() + 5_000;
+          while ((await this.tables(this.b)).some((t) => t.includes('ctmigrate_containers')) && Date.now() < until) await sleep(100);
+          liftedWhileCriuRuns = restore.proc.running && !(await this.tables(this.b)).some((t) => t.includes('ctmigrate_containers'));
+        } else {
+          await restore.die();
+          say('B: the restore failed after post-setup-namespaces (CRIU exited)');
+        }
         if (o.thenRestoreOnA) {
           // The operator restores the same checkpoint where it came from.
           const back = await CriuRun.start(this.lab, this.a, dir, script);
@@ -396,6 +410,7 @@ export class ContainerLab {
       dumpLog: dump.log,
       restoreLog: restore.log,
       backLog,
+      liftedWhileCriuRuns,
       codes,
       manifest,
       forwarding,

@@ -25,6 +25,7 @@ import { RecordingLog } from '../engine/fakes/recording-log';
 import { tcp } from '../engine/lab';
 import { fakeManager, FakeManager } from '../libvirt/fake-manager';
 import { ManagerClient } from '../../../plugin/ports/manager-client';
+import { HostAddressesPort } from '../../../plugin/ports/host-addresses-port';
 import { providePort } from '../../../plugin/ports/port-token';
 
 const CTR = '192.0.2.10';
@@ -89,6 +90,9 @@ interface Host {
   c: DependencyContainer;
 }
 
+/** This host's own addresses, as the fake HostAddressesPort reports them (a test may add to it). */
+let hostAddresses: string[] = ['198.51.100.1', '2001:db8:ffff::1'];
+
 function host(store: MemoryStore, net: ContainerNetwork = { sharesHostNetwork: false, addresses: [parseAddress(CTR)] }): Host {
   const kernel = new FakeKernel();
   const c = container.createChildContainer();
@@ -97,6 +101,7 @@ function host(store: MemoryStore, net: ContainerNetwork = { sharesHostNetwork: f
   const netns = new FakeNetns(net);
   const daemon = fakeManager();
   providePort(c, ManagerClient, { useValue: daemon.client });
+  providePort(c, HostAddressesPort, { useValue: { addresses: () => [...hostAddresses] } });
   providePort(c, ConntrackPort, { useValue: new FakeConntrack(kernel) });
   providePort(c, ConnectionFeed, { useValue: new FakeFeed(kernel, false) });
   providePort(c, CheckpointStore, { useValue: store });
@@ -237,6 +242,34 @@ describe('criu-action steps (plugin/criu-action.ts)', () => {
     assert.equal(b.drops.held.size, 0);
     assert.equal(b.kernel.texts().length, 0);
     assert.equal(await b.action.abandon('c0ffee', [parseAddress(CTR)], 'CRIU exited'), false);
+  });
+
+  it('an address of this host is never the container\'s: left out of the pack, never dropped, never imported for', async () => {
+    const store = new MemoryStore();
+    const a = host(store, { sharesHostNetwork: false, addresses: [parseAddress(CTR), parseAddress('198.51.100.1')] });
+    for (const f of containerFlows()) a.kernel.put(f);
+    a.kernel.put(tcp('198.51.100.1', 22, '203.0.113.7', 50022));
+    const out = await a.action.run(step('network-lock'), opts);
+    assert.match(out.summary, /^packed 3 entries of 192\.0\.2\.10 \(/);
+    await a.action.run(step('post-dump'), opts);
+    assert.equal(a.kernel.texts().length, 1, 'the host\'s own flow was removed');
+    // A manifest that names this host's address (tampered with): B drops only the container's.
+    const manifest = JSON.parse(Buffer.from(store.files.get(`${DIR}/ctmigrate.json`) as Uint8Array).toString());
+    manifest.addresses = [CTR, '198.51.100.7'];
+    store.files.set(`${DIR}/ctmigrate.json`, Buffer.from(JSON.stringify(manifest)));
+    hostAddresses = [...hostAddresses, '198.51.100.7'];
+    try {
+      const b = host(store);
+      await b.action.run(step('pre-restore', { initPid: null }), opts);
+      assert.deepEqual([...b.drops.held.keys()], [CTR]);
+      manifest.addresses = ['198.51.100.7'];
+      store.files.set(`${DIR}/ctmigrate.json`, Buffer.from(JSON.stringify(manifest)));
+      const c = host(store);
+      assert.match((await c.action.run(step('pre-restore', { initPid: null }), opts)).summary, /names only addresses of this host: nothing to hold/);
+      assert.equal(c.drops.calls.length, 0);
+    } finally {
+      hostAddresses = hostAddresses.filter((x) => x !== '198.51.100.7');
+    }
   });
 
   it('steps without ctmigrate state, and steps it has no part in, do nothing and succeed', async () => {

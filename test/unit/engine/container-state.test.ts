@@ -17,7 +17,7 @@ import { FakeNetwork } from './fakes/fake-peer-network';
 import { Host, startHost, tcp } from './lab';
 import { MessageKind, PeerRole } from '../../../plugin/peer-protocol';
 
-function packed(container: string, o: { corrupt?: boolean; claim?: string } = {}): ContainerState {
+function packed(container: string, o: { corrupt?: boolean; claim?: string; address?: string } = {}): ContainerState {
   const table = ConnectionTable.create({ capacity: 16 });
   table.upsert(tcp('203.0.113.100', 50000, '192.0.2.10', 7000));
   table.upsert(tcp('192.0.2.10', 41000, '203.0.113.100', 7001));
@@ -26,7 +26,7 @@ function packed(container: string, o: { corrupt?: boolean; claim?: string } = {}
   const manifest = encodeManifest({
     format: MANIFEST_FORMAT,
     container: o.claim ?? container,
-    addresses: [parseAddress('192.0.2.10')],
+    addresses: [parseAddress(o.address ?? '192.0.2.10')],
     entries: summary.entries,
     bytes: snapshot.length,
     sha256: createHash('sha256').update(snapshot).digest('hex'),
@@ -78,6 +78,12 @@ describe('migration engine: a container\'s state over the peer channel', () => {
     assert.equal(answer.kind, MessageKind.Error);
     assert.match((answer as { text: string }).text, /the state of container web6: the snapshot does not match the manifest's SHA-256/);
     await assert.rejects(b.engine.takeContainerState('web6'), NoSessionError);
+  });
+
+  it('a state that names an address of the destination host is refused there', async () => {
+    const s = packed('web7', { address: b.ip });
+    await assert.rejects(a.engine.sendContainerState(b.peerText, s), new RegExp(`refused the state of container web7: the state of container web7 names ${b.ip.replace(/\./g, '\\.')}, an address of this host`));
+    await assert.rejects(b.engine.takeContainerState('web7'), NoSessionError);
   });
 
   it('a destination that is not there fails the send, saying where', async () => {
