@@ -40,7 +40,6 @@ import {
   HEADER_BYTES,
   MAGIC,
 } from './table-header';
-export { Cursor } from './table-cursor';
 
 /** The table has no free slot (or extension) left for a new entry. */
 export class TableFullError extends Error {

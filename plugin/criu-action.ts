@@ -84,8 +84,6 @@ export class CriuStepError extends Error {
   }
 }
 
-export { DEFAULT_DROP_EXPIRY_S } from './ports/container-drops-port';
-
 @injectable()
 export class CriuAction {
   constructor(

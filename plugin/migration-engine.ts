@@ -1,6 +1,5 @@
 import { inject, injectable } from 'tsyringe';
 import { configuredRelays, DaemonConfig, DaemonConfigToken, parsePeerAddress, relayFor } from './daemon-config';
-export { DaemonConfigToken } from './daemon-config';
 import { DestinationMigration, FinalTimeoutError, ResumeRefusedError } from './destination-migration';
 import { ContainerState, MigrationDaemon, PrepareOptions, RegisteredVm, ServiceEvent, SessionInfo } from './migration-service';
 import { checkContainerState } from './container-state';

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { crc32 } from 'node:zlib';
-import { ConnectionTable, Cursor, Scan } from './connection-table';
+import { ConnectionTable, Scan } from './connection-table';
+import { Cursor } from './table-cursor';
 import {
   AF_INET,
   AF_INET6,

@@ -24,8 +24,6 @@ export interface CheckResult {
   fix?: string;
 }
 
-export { DEFAULT_HOOK_PATH } from './hook-path';
-
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 function run(file: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; missing: boolean }> {
