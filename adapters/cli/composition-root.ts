@@ -8,8 +8,7 @@ import { VmstateObjectPort } from '../../plugin/ports/vmstate-object-port';
 import { HostAddressesPort } from '../../plugin/ports/host-addresses-port';
 import { HostVmsPort } from '../../plugin/ports/host-vms-port';
 import { JournalStore } from '../../plugin/ports/journal-store';
-import { DaemonConfig } from '../../plugin/daemon-config';
-import { DaemonConfigToken } from '../../plugin/daemon-config';
+import { DaemonConfig, DaemonConfigToken } from '../../plugin/daemon-config';
 import type { DaemonMetrics } from '../metrics/daemon-metrics';
 import { MigrationDaemon, MigrationService } from '../../plugin/migration-service';
 import { BlockerPort } from '../../plugin/ports/blocker-port';
@@ -44,6 +43,7 @@ import { providePort, resolvePort } from '../../plugin/ports/port-token';
 /* eslint-disable @typescript-eslint/no-require-imports -- deferred loading, see above; each require is typed by its module */
 const adapters = {
   managerClient: () => require('../dbus/dbus-manager-client') as typeof import('../dbus/dbus-manager-client'),
+  virsh: () => require('../libvirt/virsh') as typeof import('../libvirt/virsh'),
   daemon: () => ({
     ...(require('../nftables/nftables-blocker') as typeof import('../nftables/nftables-blocker')),
     ...(require('../peer/tls-credentials') as typeof import('../peer/tls-credentials')),
@@ -54,7 +54,6 @@ const adapters = {
     ...(require('../libvirt/libvirt-host-vms') as typeof import('../libvirt/libvirt-host-vms')),
     ...(require('../libvirt/domain-events') as typeof import('../libvirt/domain-events')),
     ...(require('../libvirt/qemu-vmstate-objects') as typeof import('../libvirt/qemu-vmstate-objects')),
-    ...(require('../libvirt/virsh') as typeof import('../libvirt/virsh')),
     ...(require('../metrics/daemon-metrics') as typeof import('../metrics/daemon-metrics')),
     ...(require('../dbus/dbus-service') as typeof import('../dbus/dbus-service')),
     ...(require('../dbus/dbus-vmstate-port') as typeof import('../dbus/dbus-vmstate-port')),
@@ -88,9 +87,7 @@ export function buildContainer(parent: DependencyContainer = container): Depende
 
 /** The libvirt client the host-side commands (enable-vm, check) use, for this connection URI. */
 export function virshFor(uri?: string): import('../libvirt/virsh').Virsh {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports -- deferred loading, as for the adapters above
-  const { Virsh } = require('../libvirt/virsh') as typeof import('../libvirt/virsh');
-  return new Virsh(uri);
+  return new (adapters.virsh().Virsh)(uri);
 }
 
 /** Whether the daemon can talk to peers, and if not, why. */
@@ -111,7 +108,6 @@ export function buildDaemonContainer(
     NftablesBlocker,
     FileRegistryStore,
     FileJournalStore,
-    Virsh,
     LibvirtHostVms,
     QemuVmstateObjects,
     LibvirtDomainEvents,
@@ -121,11 +117,11 @@ export function buildDaemonContainer(
     UnconfiguredPeerPort,
     MigrationEngine,
   } = adapters.daemon();
-  const vmstate = new DbusVmStatePort(config.runDir, new StderrLog());
+  const log = new StderrLog();
+  const vmstate = new DbusVmStatePort(config.runDir, log);
   const metrics = config.metrics ? new DaemonMetrics() : undefined;
   // The daemon decodes snapshot parts while the previous part goes into the kernel on a thread of its own.
   providePort(c, ConntrackPort, { useFactory: () => new ConntrackNetlink({ writerThread: true }) });
-  const log = new StderrLog();
   providePort(c, Log, { useValue: log });
   providePort(c, Clock, { useValue: systemClock });
   providePort(c, DaemonConfigToken, { useValue: config });
@@ -134,11 +130,10 @@ export function buildDaemonContainer(
   if (metrics) providePort(c, ConnectionFeed, { useValue: metrics.meterFeed(new NetlinkFeed()) });
   providePort(c, RegistryStore, { useValue: new FileRegistryStore(config.runDir) });
   providePort(c, JournalStore, { useValue: new FileJournalStore(config.runDir) });
-  const virsh = new Virsh(config.libvirtUri);
+  const virsh = virshFor(config.libvirtUri);
   providePort(c, HostVmsPort, { useValue: new LibvirtHostVms(virsh) });
   providePort(c, VmstateObjectPort, { useValue: new QemuVmstateObjects(virsh) });
   providePort(c, DomainEventsPort, { useValue: new LibvirtDomainEvents(config.libvirtUri, virsh, log) });
-  providePort(c, HostAddressesPort, { useValue: new InterfaceAddresses() });
   let peers: PeerSetup;
   const files = { pskFile: config.pskFile, tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
   const given = Object.values(files).some((f) => f !== undefined);
