@@ -107,7 +107,7 @@ export class CriuAction {
       case 'post-dump':
         return this.release(step, options.tableCapacity);
       case 'pre-restore':
-        return this.hold(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S);
+        return this.hold(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S, options.tableCapacity);
       case 'setup-namespaces':
         return this.watchInit(step, options.dropExpiryS ?? DEFAULT_DROP_EXPIRY_S);
       case 'network-unlock':
@@ -190,15 +190,16 @@ export class CriuAction {
 
   // ---- destination -------------------------------------------------------
 
-  private async hold(step: CriuStep, expiryS: number): Promise<StepOutcome> {
+  private async hold(step: CriuStep, expiryS: number, capacity: number): Promise<StepOutcome> {
     const dir = required(step.imageDir, 'CRTOOLS_IMAGE_DIR');
     let manifest = await this.manifestIn(dir);
     let from = '';
     if (manifest) {
       // Before anything can fail half-way: an unreadable snapshot stops the restore with nothing changed.
-      await this.snapshotIn(dir, manifest, Number.MAX_SAFE_INTEGER);
+      // At most the kernel's table: a manifest's count never sizes an allocation beyond it.
+      await this.snapshotIn(dir, manifest, capacity);
     } else if (step.container !== null) {
-      manifest = await this.fromPeer(dir, step.container);
+      manifest = await this.fromPeer(dir, step.container, capacity);
       if (manifest) from = ' (the state a peer sent this host)';
     }
     if (!manifest) return { action: step.action, container: null, summary: 'the checkpoint holds no ctmigrate state: nothing to hold' };
@@ -308,7 +309,7 @@ export class CriuAction {
    * into the directory so that the later steps find it there. Checked whole
    * before anything is written.
    */
-  private async fromPeer(dir: string, container: string): Promise<CheckpointManifest | null> {
+  private async fromPeer(dir: string, container: string, capacity: number): Promise<CheckpointManifest | null> {
     checkedContainerId(container);
     let state;
     try {
@@ -319,7 +320,7 @@ export class CriuAction {
     }
     let manifest: CheckpointManifest;
     try {
-      manifest = await checkContainerState({ ...state, container }, Number.MAX_SAFE_INTEGER);
+      manifest = await checkContainerState({ ...state, container }, capacity);
     } catch (e) {
       if (e instanceof ContainerStateError) throw new CriuStepError(`the state a peer sent for container ${container}: the ${e.part} ${e.problem}; nothing done`);
       throw e;

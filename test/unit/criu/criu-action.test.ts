@@ -217,6 +217,20 @@ describe('criu-action steps (plugin/criu-action.ts)', () => {
     assert.equal(b.drops.calls.length, 0);
   });
 
+  it('a manifest that claims more entries than the table holds is refused at pre-restore, nothing allocated for its count', async () => {
+    const store = new MemoryStore();
+    const a = host(store);
+    for (const f of containerFlows()) a.kernel.put(f);
+    await a.action.run(step('network-lock'), opts);
+    const manifest = JSON.parse(Buffer.from(store.files.get(`${DIR}/ctmigrate.json`) as Uint8Array).toString());
+    manifest.entries = 2 ** 40;
+    store.files.set(`${DIR}/ctmigrate.json`, Buffer.from(JSON.stringify(manifest)));
+    const b = host(store);
+    const small = { ...opts, tableCapacity: 2 };
+    await assert.rejects(b.action.run(step('pre-restore', { initPid: null }), small), (e: Error) => e instanceof CriuStepError && /ctmigrate\.ctm in the checkpoint is unreadable: .*; nothing done/.test(e.message));
+    assert.equal(b.drops.calls.length, 0);
+  });
+
   it('network-unlock lifts the drop even when the import fails', async () => {
     const store = new MemoryStore();
     const a = host(store);
